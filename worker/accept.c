@@ -1,0 +1,180 @@
+/*
+ * Accepting is cheap and bounded: take up to ACCEPT_BATCH connections per wake-up per
+ * listener and hand each to its own state machine; no TLS work happens here, so a client
+ * that stalls costs only its own deadline.
+ */
+#include "config.h"
+
+#include "worker/accept.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "lib/log.h"
+#include "worker/conn.h"
+#include "worker/worker.h"
+
+#define ACCEPT_BATCH 32
+#define ACCEPT_BACKOFF 0.1      /* seconds without accepting after EMFILE and friends */
+#define ACCEPT_ERROR_LOG_EVERY 10.0 /* seconds between two logs of the same trouble */
+
+struct listener {
+    ev_io io;
+    struct worker *worker;
+    struct frontend *fe;
+};
+
+static void accept_set_nodelay(int fd, const struct sockaddr *sa)
+{
+    int on = 1;
+
+    if (sa->sa_family != AF_INET && sa->sa_family != AF_INET6)
+        return;
+    /* Not fatal: the relay works without it, only with more latency. */
+    if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on)) < 0)
+        log_errno(LOG_LEVEL_WARNING, "setsockopt TCP_NODELAY");
+}
+
+/* Out of descriptors or memory: stop accepting for a moment rather than spin on it. */
+static void accept_back_off(struct worker *w)
+{
+    ev_tstamp now = ev_now(w->loop);
+
+    if (now - w->accept_error_logged >= ACCEPT_ERROR_LOG_EVERY) {
+        log_errno(LOG_LEVEL_WARNING,
+                  "accept: pausing for %.1fs with %u connections open (%lu more since the last "
+                  "report)",
+                  ACCEPT_BACKOFF, w->nconns, w->accept_errors_unlogged);
+        w->accept_error_logged = now;
+        w->accept_errors_unlogged = 0;
+    } else {
+        w->accept_errors_unlogged++;
+    }
+    w->accept_backoff = true;
+    ev_timer_set(&w->accept_backoff_timer, ACCEPT_BACKOFF, 0);
+    ev_timer_start(w->loop, &w->accept_backoff_timer);
+    accept_update(w);
+}
+
+/* Returns false when this listener should not be drained further now. */
+static bool accept_one(struct listener *l)
+{
+    struct worker *w = l->worker;
+    struct sockaddr_storage ss;
+    socklen_t sslen = sizeof(ss);
+
+    int fd = accept4(l->fe->listen_fd, (struct sockaddr *)&ss, &sslen,
+                     SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+        switch (errno) {
+        case EAGAIN:
+#if EAGAIN != EWOULDBLOCK
+        case EWOULDBLOCK:
+#endif
+            return false;
+        case EINTR:
+        case ECONNABORTED:
+        case EPROTO:
+        case EPERM: /* a firewall rule refused it */
+            return true;
+        case EMFILE:
+        case ENFILE:
+        case ENOBUFS:
+        case ENOMEM:
+            accept_back_off(w);
+            return false;
+        default:
+            log_errno(LOG_LEVEL_ERROR, "accept on %s", l->fe->conf->listen_text);
+            accept_back_off(w);
+            return false;
+        }
+    }
+    w->stats.accepted++;
+    accept_set_nodelay(fd, (struct sockaddr *)&ss);
+    conn_new(w, l->fe, fd, (struct sockaddr *)&ss, sslen);
+    return !w->accept_full;
+}
+
+static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+    struct listener *l = io->data;
+    bool accepted = false;
+
+    (void)loop;
+    (void)revents;
+    l->worker->stats.wakeups++;
+    for (int i = 0; i < ACCEPT_BATCH; i++) {
+        unsigned long long before = l->worker->stats.accepted;
+        bool more = accept_one(l);
+        accepted |= l->worker->stats.accepted != before;
+        if (!more)
+            break;
+    }
+    if (!accepted)
+        l->worker->stats.spurious_wakeups++;
+}
+
+static void accept_backoff_cb(struct ev_loop *loop, ev_timer *timer, int revents)
+{
+    struct worker *w = timer->data;
+
+    (void)loop;
+    (void)revents;
+    w->accept_backoff = false;
+    accept_update(w);
+}
+
+int accept_start(struct worker *w)
+{
+    w->listeners = calloc(w->nfrontends, sizeof(*w->listeners));
+    if (w->listeners == NULL) {
+        log_error("out of memory for %zu listeners", w->nfrontends);
+        return -1;
+    }
+    for (size_t i = 0; i < w->nfrontends; i++) {
+        struct listener *l = &w->listeners[i];
+        l->worker = w;
+        l->fe = &w->frontends[i];
+        ev_io_init(&l->io, accept_cb, l->fe->listen_fd, EV_READ);
+        l->io.data = l;
+    }
+    ev_init(&w->accept_backoff_timer, accept_backoff_cb);
+    w->accept_backoff_timer.data = w;
+    accept_update(w);
+    return 0;
+}
+
+void accept_update(struct worker *w)
+{
+    bool want = !w->draining && !w->accept_backoff && w->nconns < w->conf->max_connections;
+
+    w->accept_full = w->nconns >= w->conf->max_connections;
+    for (size_t i = 0; w->listeners != NULL && i < w->nfrontends; i++) {
+        if (want)
+            ev_io_start(w->loop, &w->listeners[i].io);
+        else
+            ev_io_stop(w->loop, &w->listeners[i].io);
+    }
+}
+
+void accept_stop(struct worker *w)
+{
+    w->draining = true;
+    ev_timer_stop(w->loop, &w->accept_backoff_timer);
+    accept_update(w);
+}
+
+void accept_free(struct worker *w)
+{
+    if (w->listeners == NULL)
+        return;
+    for (size_t i = 0; i < w->nfrontends; i++)
+        ev_io_stop(w->loop, &w->listeners[i].io);
+    ev_timer_stop(w->loop, &w->accept_backoff_timer);
+    free(w->listeners);
+    w->listeners = NULL;
+}

@@ -1,0 +1,85 @@
+#ifndef SLUICE_CONN_H
+#define SLUICE_CONN_H
+
+#include <ev.h>
+#include <stdbool.h>
+#include <sys/socket.h>
+
+#include "lib/log.h"
+#include "worker/transport.h"
+
+struct worker;
+struct frontend;
+
+/* ACCEPTED is conn_new itself; the first state a connection lives in is HANDSHAKE. */
+enum conn_state {
+    CONN_HANDSHAKE,  /* TLS handshake under handshake-timeout, counted from accept */
+    CONN_CONNECTING, /* backend connect under backend-connect-timeout */
+    CONN_RELAY,      /* both directions under idle-timeout */
+    CONN_CLOSING,    /* backend done, close_notify sent; the client has close-timeout */
+};
+
+/* Why a connection ended: decides the log level, the stats and the goodbye to the client. */
+enum conn_end {
+    END_DONE,
+    END_HANDSHAKE_TIMEOUT,
+    END_HANDSHAKE_ABORTED,
+    END_HANDSHAKE_FAILED,
+    END_BACKEND_CONNECT_FAILED,
+    END_BACKEND_CONNECT_TIMEOUT,
+    END_BACKEND_ERROR,
+    END_CLIENT_ERROR,
+    END_IDLE_TIMEOUT,
+    END_CLOSE_TIMEOUT,
+    END_SPINNING,
+    END_NO_RESOURCES,
+    END_SHUTDOWN,
+};
+
+enum relay_dir_state {
+    DIR_OPEN,     /* reading the source */
+    DIR_DRAINING, /* source ended: flush the buffer, then end the sink's stream */
+    DIR_SHUT,     /* sink's stream ended */
+};
+
+/* One direction of the relay: source -> bounded buffer -> sink. */
+struct relay_dir {
+    struct endpoint *src, *dst;
+    char *buf; /* held only while bytes are in flight */
+    size_t start, end;
+    enum relay_dir_state state;
+    int src_blocked; /* readiness the source waits for before reading again, 0 if none */
+    int dst_blocked; /* readiness the sink waits for before writing again, 0 if none */
+    unsigned long long bytes;
+};
+
+struct conn {
+    struct worker *worker;
+    struct frontend *fe;
+    struct conn *prev, *next;
+    enum conn_state state;
+    struct endpoint client, backend;
+    struct relay_dir c2b, b2c;
+    ev_timer timer;
+    ev_tstamp last_activity;
+    unsigned long long transitions; /* state changes, which count as progress */
+    unsigned spurious_streak;
+    bool hello_seen;
+    char peer[64];
+};
+
+/* Take over an accepted client socket and start its handshake. */
+void conn_new(struct worker *w, struct frontend *fe, int fd, const struct sockaddr *sa,
+              socklen_t salen);
+void conn_set_state(struct conn *c, enum conn_state state);
+void conn_progressed(struct conn *c);
+/* The one teardown: logs "connection closed: <end>[: detail]", counts it, frees c. */
+void conn_close(struct conn *c, enum conn_end end, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void conn_log(const struct conn *c, enum log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Watch exactly these events (EV_READ|EV_WRITE, or 0) on an endpoint's fd. */
+void conn_watch(struct conn *c, struct endpoint *ep, int events);
+const char *conn_state_name(enum conn_state state);
+
+#endif

@@ -1,0 +1,101 @@
+/*
+ * The TLS handshake, driven only by the client's own readiness events: nothing here
+ * runs in the accept path, and a silent or slow client waits on its own deadline.
+ */
+#include "config.h"
+
+#include "worker/handshake.h"
+
+#include <errno.h>
+#include <openssl/err.h>
+#include <string.h>
+
+#include "lib/log.h"
+#include "worker/backend.h"
+#include "worker/conn.h"
+#include "worker/worker.h"
+
+/* Marks the moment the ClientHello is in: before it, a close is an abort, not a failure. */
+static int handshake_client_hello_cb(SSL *ssl, int *alert, void *arg)
+{
+    struct conn *c = SSL_get_app_data(ssl);
+
+    (void)alert;
+    (void)arg;
+    c->hello_seen = true;
+    return SSL_CLIENT_HELLO_SUCCESS;
+}
+
+void handshake_setup_ctx(SSL_CTX *ctx)
+{
+    SSL_CTX_set_client_hello_cb(ctx, handshake_client_hello_cb, NULL);
+}
+
+void handshake_start(struct conn *c)
+{
+    conn_set_state(c, CONN_HANDSHAKE);
+    ERR_clear_error();
+    c->client.ssl = SSL_new(c->fe->ctx);
+    if (c->client.ssl == NULL || !SSL_set_fd(c->client.ssl, c->client.fd)) {
+        char reasons[256];
+        log_error("cannot set up TLS for a new connection on %s: %s", c->fe->conf->listen_text,
+                  log_ssl_reasons(reasons, sizeof(reasons)));
+        conn_close(c, END_HANDSHAKE_FAILED, "out of memory");
+        return;
+    }
+    c->client.ops = &transport_tls;
+    SSL_set_app_data(c->client.ssl, c);
+    SSL_set_accept_state(c->client.ssl);
+    conn_watch(c, &c->client, EV_READ);
+}
+
+static void handshake_log_success(struct conn *c)
+{
+    const unsigned char *alpn;
+    unsigned alpn_len;
+
+    if (!log_level_enabled(LOG_LEVEL_DEBUG))
+        return;
+    SSL_get0_alpn_selected(c->client.ssl, &alpn, &alpn_len);
+    conn_log(c, LOG_LEVEL_DEBUG, "handshake done: %s %s%s alpn=%.*s",
+             SSL_get_version(c->client.ssl), SSL_get_cipher_name(c->client.ssl),
+             SSL_session_reused(c->client.ssl) ? " resumed" : "", alpn_len ? (int)alpn_len : 1,
+             alpn_len ? (const char *)alpn : "-");
+}
+
+int handshake_step(struct conn *c)
+{
+    SSL *ssl = c->client.ssl;
+    char reasons[256];
+
+    ERR_clear_error();
+    errno = 0;
+    int rc = SSL_do_handshake(ssl);
+    int saved_errno = errno;
+    if (rc == 1) {
+        c->worker->stats.handshakes_ok++;
+        handshake_log_success(c);
+        conn_watch(c, &c->client, 0);
+        return backend_connect(c);
+    }
+    switch (SSL_get_error(ssl, rc)) {
+    case SSL_ERROR_WANT_READ:
+        conn_watch(c, &c->client, EV_READ);
+        return 0;
+    case SSL_ERROR_WANT_WRITE:
+        conn_watch(c, &c->client, EV_WRITE);
+        return 0;
+    default:
+        break;
+    }
+    if (!c->hello_seen && BIO_number_read(SSL_get_rbio(ssl)) == 0) {
+        ERR_clear_error();
+        conn_close(c, END_HANDSHAKE_ABORTED, NULL);
+    } else if (ERR_peek_error() != 0) {
+        conn_close(c, END_HANDSHAKE_FAILED, "%s", log_ssl_reasons(reasons, sizeof(reasons)));
+    } else {
+        conn_close(c, END_HANDSHAKE_FAILED, "%s",
+                   saved_errno != 0 ? strerror(saved_errno) : "connection closed by the client");
+    }
+    return -1;
+}

@@ -1,0 +1,232 @@
+/*
+ * Relay: each direction moves source -> bounded buffer -> sink, with one function for
+ * both directions. A side that cannot take more stops the other side's reads
+ * (backpressure). Each operation that returns "again" records which readiness it waits
+ * for, and only that readiness is watched: a level-triggered watcher on something we
+ * will not act upon is how the close_notify busy loop happens.
+ */
+#include "config.h"
+
+#include "worker/relay.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "worker/conn.h"
+#include "worker/worker.h"
+
+#define RELAY_BUF_SIZE (16 * 1024) /* one TLS record */
+#define RELAY_ROUNDS 8             /* per wake-up, so one busy connection cannot hog the loop */
+
+enum step { STEP_IDLE, STEP_MOVED, STEP_CLOSED };
+
+static size_t relay_buffered(const struct relay_dir *d)
+{
+    return d->end - d->start;
+}
+
+static void relay_drop_buffer(struct relay_dir *d)
+{
+    free(d->buf);
+    d->buf = NULL;
+    d->start = d->end = 0;
+}
+
+static enum step relay_fail(struct conn *c, struct endpoint *ep)
+{
+    conn_close(c, ep == &c->client ? END_CLIENT_ERROR : END_BACKEND_ERROR, "%s", ep->why);
+    return STEP_CLOSED;
+}
+
+/* Make room at the end of the buffer; false when it is full (backpressure). */
+static bool relay_make_room(struct relay_dir *d)
+{
+    if (d->buf == NULL) {
+        d->buf = malloc(RELAY_BUF_SIZE);
+        return d->buf != NULL;
+    }
+    if (d->end < RELAY_BUF_SIZE)
+        return true;
+    if (d->start == 0)
+        return false;
+    /* The TLS sink was set up with SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER for this. */
+    memmove(d->buf, d->buf + d->start, relay_buffered(d));
+    d->end -= d->start;
+    d->start = 0;
+    return true;
+}
+
+static enum step relay_read(struct conn *c, struct relay_dir *d)
+{
+    size_t n;
+    int want;
+
+    if (d->state != DIR_OPEN || d->src_blocked || relay_buffered(d) == RELAY_BUF_SIZE)
+        return STEP_IDLE;
+    if (!relay_make_room(d)) {
+        conn_close(c, END_NO_RESOURCES, "no memory for a relay buffer");
+        return STEP_CLOSED;
+    }
+    switch (d->src->ops->read(d->src, d->buf + d->end, RELAY_BUF_SIZE - d->end, &n, &want)) {
+    case IO_DONE:
+        d->end += n;
+        d->bytes += n;
+        return STEP_MOVED;
+    case IO_AGAIN:
+        d->src_blocked = want;
+        if (relay_buffered(d) == 0)
+            relay_drop_buffer(d);
+        return STEP_IDLE;
+    case IO_EOF:
+        conn_log(c, LOG_LEVEL_DEBUG, "%s ended its stream", d->src->name);
+        d->state = DIR_DRAINING;
+        if (relay_buffered(d) == 0)
+            relay_drop_buffer(d);
+        conn_progressed(c);
+        return STEP_MOVED;
+    case IO_FAIL:
+        break;
+    }
+    return relay_fail(c, d->src);
+}
+
+static enum step relay_write(struct conn *c, struct relay_dir *d)
+{
+    size_t n;
+    int want;
+
+    if (relay_buffered(d) == 0 || d->dst_blocked)
+        return STEP_IDLE;
+    switch (d->dst->ops->write(d->dst, d->buf + d->start, relay_buffered(d), &n, &want)) {
+    case IO_DONE:
+        d->start += n;
+        if (d->start == d->end)
+            relay_drop_buffer(d);
+        return STEP_MOVED;
+    case IO_AGAIN:
+        d->dst_blocked = want;
+        return STEP_IDLE;
+    case IO_EOF:
+    case IO_FAIL:
+        break;
+    }
+    return relay_fail(c, d->dst);
+}
+
+/* Source ended and everything is delivered: end the sink's stream too (half-close). */
+static enum step relay_shutdown(struct conn *c, struct relay_dir *d)
+{
+    int want;
+
+    if (d->state != DIR_DRAINING || relay_buffered(d) != 0 || d->dst_blocked)
+        return STEP_IDLE;
+    switch (d->dst->ops->shutdown(d->dst, &want)) {
+    case IO_DONE:
+        conn_log(c, LOG_LEVEL_DEBUG, "ended the stream to the %s", d->dst->name);
+        d->state = DIR_SHUT;
+        conn_progressed(c);
+        return STEP_MOVED;
+    case IO_AGAIN:
+        d->dst_blocked = want;
+        return STEP_IDLE;
+    case IO_EOF:
+    case IO_FAIL:
+        break;
+    }
+    return relay_fail(c, d->dst);
+}
+
+static enum step relay_step(struct conn *c, struct relay_dir *d)
+{
+    enum step steps[3];
+
+    if ((steps[0] = relay_read(c, d)) == STEP_CLOSED ||
+        (steps[1] = relay_write(c, d)) == STEP_CLOSED ||
+        (steps[2] = relay_shutdown(c, d)) == STEP_CLOSED)
+        return STEP_CLOSED;
+    return steps[0] == STEP_MOVED || steps[1] == STEP_MOVED || steps[2] == STEP_MOVED
+               ? STEP_MOVED
+               : STEP_IDLE;
+}
+
+/* What this direction needs from ep's fd: what a blocked operation asked for, else natural. */
+static int relay_interest(const struct relay_dir *d, const struct endpoint *ep)
+{
+    int events = 0;
+
+    if (d->src == ep && d->state == DIR_OPEN && relay_buffered(d) < RELAY_BUF_SIZE)
+        events |= d->src_blocked ? d->src_blocked : EV_READ;
+    if (d->dst == ep && (relay_buffered(d) > 0 || d->state == DIR_DRAINING))
+        events |= d->dst_blocked ? d->dst_blocked : EV_WRITE;
+    return events;
+}
+
+static void relay_watch(struct conn *c)
+{
+    conn_watch(c, &c->client, relay_interest(&c->c2b, &c->client) |
+                                  relay_interest(&c->b2c, &c->client));
+    conn_watch(c, &c->backend, relay_interest(&c->c2b, &c->backend) |
+                                   relay_interest(&c->b2c, &c->backend));
+}
+
+static int relay_pump(struct conn *c)
+{
+    struct worker *w = c->worker;
+    unsigned long long c2b_before = c->c2b.bytes, b2c_before = c->b2c.bytes;
+    int round;
+
+    for (round = 0; round < RELAY_ROUNDS; round++) {
+        enum step c2b = relay_step(c, &c->c2b);
+        if (c2b == STEP_CLOSED)
+            return -1;
+        enum step b2c = relay_step(c, &c->b2c);
+        if (b2c == STEP_CLOSED)
+            return -1;
+        if (c2b == STEP_IDLE && b2c == STEP_IDLE)
+            break;
+    }
+    w->stats.bytes_client_to_backend += c->c2b.bytes - c2b_before;
+    w->stats.bytes_backend_to_client += c->b2c.bytes - b2c_before;
+    if (c->c2b.state == DIR_SHUT && c->b2c.state == DIR_SHUT) {
+        conn_close(c, END_DONE, NULL);
+        return -1;
+    }
+    if (c->b2c.state == DIR_SHUT && c->state == CONN_RELAY)
+        conn_set_state(c, CONN_CLOSING);
+    relay_watch(c);
+    /* Records already decrypted inside OpenSSL make no fd readable: come back for them. */
+    if (round == RELAY_ROUNDS && c->c2b.state == DIR_OPEN && SSL_has_pending(c->client.ssl))
+        ev_feed_event(w->loop, &c->client.io, EV_READ);
+    return 0;
+}
+
+int relay_start(struct conn *c)
+{
+    c->c2b = (struct relay_dir){.src = &c->client, .dst = &c->backend};
+    c->b2c = (struct relay_dir){.src = &c->backend, .dst = &c->client};
+    conn_set_state(c, CONN_RELAY);
+    return relay_pump(c);
+}
+
+static void relay_unblock(struct relay_dir *d, const struct endpoint *ep, int revents)
+{
+    if (revents & EV_ERROR)
+        revents |= EV_READ | EV_WRITE;
+    if (d->src == ep && (d->src_blocked & revents))
+        d->src_blocked = 0;
+    if (d->dst == ep && (d->dst_blocked & revents))
+        d->dst_blocked = 0;
+}
+
+int relay_on_io(struct conn *c, struct endpoint *ep, int revents)
+{
+    relay_unblock(&c->c2b, ep, revents);
+    relay_unblock(&c->b2c, ep, revents);
+    return relay_pump(c);
+}
+
+void relay_release(struct conn *c)
+{
+    relay_drop_buffer(&c->c2b);
+    relay_drop_buffer(&c->b2c);
+}

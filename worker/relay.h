@@ -1,0 +1,14 @@
+#ifndef SLUICE_RELAY_H
+#define SLUICE_RELAY_H
+
+struct conn;
+struct endpoint;
+
+/* Backend connected: relay both directions. -1 when the connection closed. */
+int relay_start(struct conn *c);
+/* Readiness on one side. -1 when the connection closed. */
+int relay_on_io(struct conn *c, struct endpoint *ep, int revents);
+/* Free the relay buffers (at teardown). */
+void relay_release(struct conn *c);
+
+#endif

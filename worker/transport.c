@@ -1,0 +1,164 @@
+#include "config.h"
+
+#include "worker/transport.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <openssl/err.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "lib/log.h"
+
+#define DISCARD_MAX (64 * 1024)
+
+static size_t transport_clamp(size_t len)
+{
+    return len > INT_MAX ? INT_MAX : len;
+}
+
+static enum io_status tls_status(struct endpoint *ep, int rc, const char *op, int *want)
+{
+    int saved_errno = errno;
+    int err = SSL_get_error(ep->ssl, rc);
+    char reasons[128];
+
+    switch (err) {
+    case SSL_ERROR_WANT_READ:
+        *want = EV_READ;
+        return IO_AGAIN;
+    case SSL_ERROR_WANT_WRITE:
+        *want = EV_WRITE;
+        return IO_AGAIN;
+    case SSL_ERROR_ZERO_RETURN:
+        return IO_EOF;
+    case SSL_ERROR_SYSCALL:
+        if (ERR_peek_error() == 0 && saved_errno == 0)
+            return IO_EOF;
+        snprintf(ep->why, sizeof(ep->why), "%s: %s", op,
+                 ERR_peek_error() != 0 ? log_ssl_reasons(reasons, sizeof(reasons))
+                                       : strerror(saved_errno));
+        return IO_FAIL;
+    default:
+        snprintf(ep->why, sizeof(ep->why), "%s: %s", op, log_ssl_reasons(reasons, sizeof(reasons)));
+        return IO_FAIL;
+    }
+}
+
+static enum io_status tls_read(struct endpoint *ep, char *buf, size_t len, size_t *n, int *want)
+{
+    ERR_clear_error();
+    errno = 0;
+    int rc = SSL_read(ep->ssl, buf, (int)transport_clamp(len));
+    if (rc > 0) {
+        *n = (size_t)rc;
+        return IO_DONE;
+    }
+    return tls_status(ep, rc, "TLS read", want);
+}
+
+static enum io_status tls_write(struct endpoint *ep, const char *buf, size_t len, size_t *n,
+                                int *want)
+{
+    ERR_clear_error();
+    errno = 0;
+    int rc = SSL_write(ep->ssl, buf, (int)transport_clamp(len));
+    if (rc > 0) {
+        *n = (size_t)rc;
+        return IO_DONE;
+    }
+    return tls_status(ep, rc, "TLS write", want);
+}
+
+static enum io_status tls_shutdown(struct endpoint *ep, int *want)
+{
+    ERR_clear_error();
+    errno = 0;
+    int rc = SSL_shutdown(ep->ssl);
+    /* 0: our close_notify is out and the peer's has not come yet; that ends our side. */
+    if (rc >= 0)
+        return IO_DONE;
+    enum io_status status = tls_status(ep, rc, "TLS shutdown", want);
+    return status == IO_EOF ? IO_DONE : status;
+}
+
+static enum io_status plain_read(struct endpoint *ep, char *buf, size_t len, size_t *n, int *want)
+{
+    for (;;) {
+        ssize_t rc = recv(ep->fd, buf, len, 0);
+        if (rc > 0) {
+            ep->plain_bytes += (size_t)rc;
+            *n = (size_t)rc;
+            return IO_DONE;
+        }
+        if (rc == 0)
+            return IO_EOF;
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            *want = EV_READ;
+            return IO_AGAIN;
+        }
+        snprintf(ep->why, sizeof(ep->why), "read: %s", strerror(errno));
+        return IO_FAIL;
+    }
+}
+
+static enum io_status plain_write(struct endpoint *ep, const char *buf, size_t len, size_t *n,
+                                  int *want)
+{
+    for (;;) {
+        ssize_t rc = send(ep->fd, buf, len, MSG_NOSIGNAL);
+        if (rc >= 0) {
+            ep->plain_bytes += (size_t)rc;
+            *n = (size_t)rc;
+            return IO_DONE;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            *want = EV_WRITE;
+            return IO_AGAIN;
+        }
+        snprintf(ep->why, sizeof(ep->why), "write: %s", strerror(errno));
+        return IO_FAIL;
+    }
+}
+
+static enum io_status plain_shutdown(struct endpoint *ep, int *want)
+{
+    (void)want;
+    /* ENOTCONN: the peer is gone already, so there is no one left to tell. */
+    if (shutdown(ep->fd, SHUT_WR) < 0 && errno != ENOTCONN) {
+        snprintf(ep->why, sizeof(ep->why), "shutdown: %s", strerror(errno));
+        return IO_FAIL;
+    }
+    return IO_DONE;
+}
+
+const struct transport transport_tls = {tls_read, tls_write, tls_shutdown};
+const struct transport transport_plain = {plain_read, plain_write, plain_shutdown};
+
+unsigned long long endpoint_io_bytes(const struct endpoint *ep)
+{
+    if (ep->ssl == NULL)
+        return ep->plain_bytes;
+    return BIO_number_read(SSL_get_rbio(ep->ssl)) + BIO_number_written(SSL_get_wbio(ep->ssl));
+}
+
+void endpoint_discard_input(const struct endpoint *ep)
+{
+    char sink[4096];
+    size_t total = 0;
+
+    while (total < DISCARD_MAX) {
+        ssize_t rc = recv(ep->fd, sink, sizeof(sink), MSG_DONTWAIT);
+        if (rc > 0)
+            total += (size_t)rc;
+        else if (rc < 0 && errno == EINTR)
+            continue;
+        else
+            return;
+    }
+}

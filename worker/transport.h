@@ -1,0 +1,46 @@
+#ifndef SLUICE_TRANSPORT_H
+#define SLUICE_TRANSPORT_H
+
+#include <ev.h>
+#include <openssl/ssl.h>
+#include <stddef.h>
+
+struct conn;
+struct endpoint;
+
+enum io_status {
+    IO_DONE,  /* moved *n > 0 bytes, or finished the shutdown */
+    IO_AGAIN, /* blocked: *want says which readiness (EV_READ or EV_WRITE) unblocks it */
+    IO_EOF,   /* orderly end of the peer's stream (close_notify or FIN) */
+    IO_FAIL,  /* the stream is broken; endpoint->why says how */
+};
+
+/* The relay never branches on TLS versus plaintext: each side is a transport. */
+struct transport {
+    enum io_status (*read)(struct endpoint *ep, char *buf, size_t len, size_t *n, int *want);
+    enum io_status (*write)(struct endpoint *ep, const char *buf, size_t len, size_t *n,
+                            int *want);
+    /* Ends our sending side: close_notify for TLS, FIN for plaintext. */
+    enum io_status (*shutdown)(struct endpoint *ep, int *want);
+};
+
+struct endpoint {
+    int fd;
+    SSL *ssl; /* NULL for a plaintext endpoint */
+    const struct transport *ops;
+    ev_io io;
+    struct conn *conn;
+    const char *name; /* "client" or "backend", for logs */
+    unsigned long long plain_bytes; /* bytes through a plaintext fd, both ways */
+    char why[160];                  /* the failure behind the last IO_FAIL */
+};
+
+extern const struct transport transport_tls;
+extern const struct transport transport_plain;
+
+/* Bytes that crossed this endpoint's socket either way; grows whenever I/O progressed. */
+unsigned long long endpoint_io_bytes(const struct endpoint *ep);
+/* Read and drop what the peer already sent, so close(2) ends with FIN rather than RST. */
+void endpoint_discard_input(const struct endpoint *ep);
+
+#endif
