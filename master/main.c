@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "conf/conf.h"
@@ -111,6 +112,38 @@ static struct frontend *frontends_build(const struct conf *conf, char *err, size
     return frontends;
 }
 
+/*
+ * Each connection holds two descriptors (client and backend). Raise the soft limit to
+ * what max-connections needs, as far as the hard limit allows; say so when it falls short,
+ * since running out shows up later as paused accepts.
+ */
+static void raise_fd_limit(const struct conf *conf)
+{
+    rlim_t wanted = (rlim_t)conf->max_connections * 2 + conf->nfrontends + 64;
+    struct rlimit limit;
+
+    if (getrlimit(RLIMIT_NOFILE, &limit) < 0) {
+        log_errno(LOG_LEVEL_WARNING, "getrlimit RLIMIT_NOFILE");
+        return;
+    }
+    if (limit.rlim_cur >= wanted)
+        return;
+    rlim_t old = limit.rlim_cur;
+    limit.rlim_cur = limit.rlim_max == RLIM_INFINITY || limit.rlim_max >= wanted
+                         ? wanted
+                         : limit.rlim_max;
+    if (limit.rlim_cur > old && setrlimit(RLIMIT_NOFILE, &limit) < 0) {
+        log_errno(LOG_LEVEL_WARNING, "setrlimit RLIMIT_NOFILE to %llu",
+                  (unsigned long long)limit.rlim_cur);
+        limit.rlim_cur = old;
+    }
+    if (limit.rlim_cur < wanted)
+        log_warning("max-connections %u needs %llu file descriptors, the limit is %llu: "
+                    "raise it (ulimit -n, LimitNOFILE=) or lower max-connections",
+                    conf->max_connections, (unsigned long long)wanted,
+                    (unsigned long long)limit.rlim_cur);
+}
+
 static int frontends_listen(const struct conf *conf, struct frontend *frontends, char *err,
                             size_t errsize)
 {
@@ -156,10 +189,12 @@ int main(int argc, char **argv)
         status = EXIT_BAD_CONFIG;
     } else if (signal(SIGPIPE, SIG_IGN) == SIG_ERR) {
         fprintf(stderr, "sluice: cannot ignore SIGPIPE: %s\n", strerror(errno));
-    } else if (frontends_listen(conf, frontends, err, sizeof(err)) < 0) {
-        fprintf(stderr, "sluice: %s\n", err);
     } else {
-        status = worker_run(conf, frontends, conf->nfrontends);
+        raise_fd_limit(conf);
+        if (frontends_listen(conf, frontends, err, sizeof(err)) < 0)
+            fprintf(stderr, "sluice: %s\n", err);
+        else
+            status = worker_run(conf, frontends, conf->nfrontends);
     }
     frontends_free(frontends, conf->nfrontends);
     conf_free(conf);
