@@ -94,6 +94,9 @@ static void worker_signal_cb(struct ev_loop *loop, ev_signal *sig, int revents)
     case SIGHUP:
         log_warning("SIGHUP: this version cannot reload; restart sluice to apply changes");
         break;
+    case SIGUSR1:
+        log_info("SIGUSR1: nothing to reopen, this version logs to standard error only");
+        break;
     default:
         break;
     }
@@ -109,6 +112,7 @@ static void worker_watch_signals(struct worker *w)
         {&w->sig_int, SIGINT},
         {&w->sig_quit, SIGQUIT},
         {&w->sig_hup, SIGHUP},
+        {&w->sig_usr1, SIGUSR1},
     };
 
     for (size_t i = 0; i < sizeof(signals) / sizeof(signals[0]); i++) {
@@ -121,7 +125,7 @@ static void worker_watch_signals(struct worker *w)
 
 static void worker_unwatch_signals(struct worker *w)
 {
-    ev_signal *signals[] = {&w->sig_term, &w->sig_int, &w->sig_quit, &w->sig_hup};
+    ev_signal *signals[] = {&w->sig_term, &w->sig_int, &w->sig_quit, &w->sig_hup, &w->sig_usr1};
 
     for (size_t i = 0; i < sizeof(signals) / sizeof(signals[0]); i++) {
         ev_ref(w->loop);

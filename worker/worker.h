@@ -41,7 +41,7 @@ struct worker {
     unsigned nconns;
     bool draining;
     ev_timer drain_timer;
-    ev_signal sig_term, sig_int, sig_quit, sig_hup;
+    ev_signal sig_term, sig_int, sig_quit, sig_hup, sig_usr1;
     /* accept pausing: at max-connections, or on EMFILE/ENFILE for a moment */
     bool accept_full;
     bool accept_backoff;
