@@ -136,17 +136,21 @@ static enum step relay_shutdown(struct conn *c, struct relay_dir *d)
     return relay_fail(c, d->dst);
 }
 
+/* One pass over a direction: read what fits, write what is buffered, end the stream. */
 static enum step relay_step(struct conn *c, struct relay_dir *d)
 {
-    enum step steps[3];
+    static enum step (*const ops[])(struct conn *, struct relay_dir *) = {
+        relay_read, relay_write, relay_shutdown};
+    enum step result = STEP_IDLE;
 
-    if ((steps[0] = relay_read(c, d)) == STEP_CLOSED ||
-        (steps[1] = relay_write(c, d)) == STEP_CLOSED ||
-        (steps[2] = relay_shutdown(c, d)) == STEP_CLOSED)
-        return STEP_CLOSED;
-    return steps[0] == STEP_MOVED || steps[1] == STEP_MOVED || steps[2] == STEP_MOVED
-               ? STEP_MOVED
-               : STEP_IDLE;
+    for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++) {
+        enum step step = ops[i](c, d);
+        if (step == STEP_CLOSED)
+            return STEP_CLOSED;
+        if (step == STEP_MOVED)
+            result = STEP_MOVED;
+    }
+    return result;
 }
 
 /* What this direction needs from ep's fd: what a blocked operation asked for, else natural. */
