@@ -26,8 +26,8 @@ static int addr_parse_port(const char *text, in_port_t *port)
     return 0;
 }
 
-static int addr_split(const char *text, char *host, size_t hostsize, const char **port,
-                      char *why, size_t whysize)
+static int addr_split(const char *text, char *host, size_t hostsize, const char **port, char *why,
+                      size_t whysize)
 {
     const char *colon;
     size_t hostlen;

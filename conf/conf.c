@@ -180,8 +180,8 @@ static int parse_uint(struct parser *p, const config_setting_t *s, const struct 
     return 0;
 }
 
-static int parse_duration(struct parser *p, const config_setting_t *s,
-                          const struct key_rule *rule, void *base)
+static int parse_duration(struct parser *p, const config_setting_t *s, const struct key_rule *rule,
+                          void *base)
 {
     double value = 0;
 
@@ -274,8 +274,8 @@ static int conf_check_readable(struct parser *p, const config_setting_t *s, cons
     return 0;
 }
 
-static int parse_log_level(struct parser *p, const config_setting_t *s,
-                           const struct key_rule *rule, void *base)
+static int parse_log_level(struct parser *p, const config_setting_t *s, const struct key_rule *rule,
+                           void *base)
 {
     const char *value = NULL;
 
@@ -286,8 +286,8 @@ static int parse_log_level(struct parser *p, const config_setting_t *s,
     return 0;
 }
 
-static int parse_facility(struct parser *p, const config_setting_t *s,
-                          const struct key_rule *rule, void *base)
+static int parse_facility(struct parser *p, const config_setting_t *s, const struct key_rule *rule,
+                          void *base)
 {
     static const struct {
         const char *name;
@@ -352,8 +352,8 @@ static int conf_parse_group(struct parser *p, const config_setting_t *group,
     return 0;
 }
 
-static int parse_protocols(struct parser *p, const config_setting_t *s,
-                           const struct key_rule *rule, void *base)
+static int parse_protocols(struct parser *p, const config_setting_t *s, const struct key_rule *rule,
+                           void *base)
 {
     struct conf_tls *tls = base;
     unsigned protocols = 0;
@@ -465,8 +465,8 @@ static int parse_listen(struct parser *p, const config_setting_t *s, const struc
     return 0;
 }
 
-static int parse_backend(struct parser *p, const config_setting_t *s,
-                         const struct key_rule *rule, void *base)
+static int parse_backend(struct parser *p, const config_setting_t *s, const struct key_rule *rule,
+                         void *base)
 {
     struct conf_frontend *fe = base;
     char why[512];
@@ -498,8 +498,7 @@ static int parse_proxy_protocol(struct parser *p, const config_setting_t *s,
     if (strcmp(value, "off") != 0 && strcmp(value, "v1") != 0 && strcmp(value, "v2") != 0)
         return conf_fail(p, s, "%s must be off, v1 or v2", rule->name);
     if (strcmp(value, "off") != 0)
-        return conf_fail(p, s, "%s = \"%s\" is not supported in this version", rule->name,
-                         value);
+        return conf_fail(p, s, "%s = \"%s\" is not supported in this version", rule->name, value);
     ((struct conf_frontend *)base)->proxy_protocol = PROXY_PROTOCOL_OFF;
     return 0;
 }
@@ -560,8 +559,8 @@ static int parse_verify_client(struct parser *p, const config_setting_t *s,
     return conf_fail(p, s, "%s must be none, optional or require", rule->name);
 }
 
-static int parse_client_ca(struct parser *p, const config_setting_t *s,
-                           const struct key_rule *rule, void *base)
+static int parse_client_ca(struct parser *p, const config_setting_t *s, const struct key_rule *rule,
+                           void *base)
 {
     struct conf_frontend *fe = base;
 
@@ -686,7 +685,10 @@ static int parse_global_tls(struct parser *p, const config_setting_t *s,
                             &((struct conf *)base)->tls, NULL);
 }
 
-#define GLOBAL(name, fn, field, min, max) {name, fn, offsetof(struct conf, field), min, max}
+#define GLOBAL(name, fn, field, min, max)                                                          \
+    {                                                                                              \
+        name, fn, offsetof(struct conf, field), min, max                                           \
+    }
 
 static const struct key_rule global_rules[] = {
     GLOBAL("workers", parse_uint, workers, 1, 1024),

@@ -31,14 +31,15 @@ struct options {
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: sluice [-f FILE] [-t] [-d | -F] [-V] [-h]\n"
-                 "  -f FILE  config file (default %s)\n"
-                 "  -t       check the config, certificates and keys, then exit\n"
-                 "  -d       daemonize (overrides daemon = false)\n"
-                 "  -F       stay in the foreground (overrides daemon = true)\n"
-                 "  -V       print the version\n"
-                 "  -h       this help\n",
-             SLUICE_DEFAULT_CONFIG);
+    fprintf(out,
+            "usage: sluice [-f FILE] [-t] [-d | -F] [-V] [-h]\n"
+            "  -f FILE  config file (default %s)\n"
+            "  -t       check the config, certificates and keys, then exit\n"
+            "  -d       daemonize (overrides daemon = false)\n"
+            "  -F       stay in the foreground (overrides daemon = true)\n"
+            "  -V       print the version\n"
+            "  -h       this help\n",
+            SLUICE_DEFAULT_CONFIG);
 }
 
 static int parse_options(int argc, char **argv, struct options *opts)
@@ -129,9 +130,8 @@ static void raise_fd_limit(const struct conf *conf)
     if (limit.rlim_cur >= wanted)
         return;
     rlim_t old = limit.rlim_cur;
-    limit.rlim_cur = limit.rlim_max == RLIM_INFINITY || limit.rlim_max >= wanted
-                         ? wanted
-                         : limit.rlim_max;
+    limit.rlim_cur =
+        limit.rlim_max == RLIM_INFINITY || limit.rlim_max >= wanted ? wanted : limit.rlim_max;
     if (limit.rlim_cur > old && setrlimit(RLIMIT_NOFILE, &limit) < 0) {
         log_errno(LOG_LEVEL_WARNING, "setrlimit RLIMIT_NOFILE to %llu",
                   (unsigned long long)limit.rlim_cur);
@@ -183,8 +183,9 @@ int main(int argc, char **argv)
         printf("configuration OK\n");
         status = EXIT_SUCCESS;
     } else if (opts.daemonize || (conf->daemon && !opts.foreground)) {
-        fprintf(stderr, "sluice: %s: daemon mode is not available in this version; run with -F "
-                        "under a supervisor\n",
+        fprintf(stderr,
+                "sluice: %s: daemon mode is not available in this version; run with -F "
+                "under a supervisor\n",
                 conf->path);
         status = EXIT_BAD_CONFIG;
     } else if (signal(SIGPIPE, SIG_IGN) == SIG_ERR) {

@@ -47,8 +47,7 @@ static int tlsctx_protocols(SSL_CTX *ctx, const struct conf_tls *tls, char *err,
         return tlsctx_fail(err, errsize, tls->ciphersuites_origin, "ciphersuites \"%s\" invalid",
                            tls->ciphersuites);
     if (!SSL_CTX_set1_groups_list(ctx, tls->groups))
-        return tlsctx_fail(err, errsize, tls->groups_origin, "groups \"%s\" invalid",
-                           tls->groups);
+        return tlsctx_fail(err, errsize, tls->groups_origin, "groups \"%s\" invalid", tls->groups);
     return 0;
 }
 
@@ -68,8 +67,8 @@ static void tlsctx_warn_expiry(const struct conf_cert *cert, X509 *x509)
         log_warning("%s:%d: certificate %s expired on %s", cert->origin.file, cert->origin.line,
                     cert->cert, when);
     else if (X509_cmp_time(not_after, &soon) < 0)
-        log_warning("%s:%d: certificate %s expires on %s", cert->origin.file,
-                    cert->origin.line, cert->cert, when);
+        log_warning("%s:%d: certificate %s expires on %s", cert->origin.file, cert->origin.line,
+                    cert->cert, when);
 }
 
 static int tlsctx_certs(SSL_CTX *ctx, const struct conf_frontend *fe, char *err, size_t errsize)
@@ -98,8 +97,8 @@ static int tlsctx_certs(SSL_CTX *ctx, const struct conf_frontend *fe, char *err,
             return tlsctx_fail(err, errsize, cert->origin, "key %s: cannot load private key",
                                cert->key);
         if (!SSL_CTX_check_private_key(ctx))
-            return tlsctx_fail(err, errsize, cert->origin,
-                               "key %s does not match certificate %s", cert->key, cert->cert);
+            return tlsctx_fail(err, errsize, cert->origin, "key %s does not match certificate %s",
+                               cert->key, cert->cert);
         tlsctx_warn_expiry(cert, x509);
     }
     return 0;
@@ -159,7 +158,8 @@ SSL_CTX *tlsctx_build(const struct conf_frontend *fe, char *err, size_t errsize)
                               SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     SSL_CTX_set_session_id_context(ctx, session_id_context, sizeof(session_id_context) - 1);
     if (tlsctx_protocols(ctx, &fe->tls, err, errsize) < 0 ||
-        tlsctx_certs(ctx, fe, err, errsize) < 0 || tlsctx_client_verify(ctx, fe, err, errsize) < 0) {
+        tlsctx_certs(ctx, fe, err, errsize) < 0 ||
+        tlsctx_client_verify(ctx, fe, err, errsize) < 0) {
         SSL_CTX_free(ctx);
         return NULL;
     }

@@ -19,7 +19,7 @@
 #include "worker/worker.h"
 
 #define ACCEPT_BATCH 32
-#define ACCEPT_BACKOFF 0.1      /* seconds without accepting after EMFILE and friends */
+#define ACCEPT_BACKOFF 0.1          /* seconds without accepting after EMFILE and friends */
 #define ACCEPT_ERROR_LOG_EVERY 10.0 /* seconds between two logs of the same trouble */
 
 struct listener {
@@ -67,8 +67,8 @@ static bool accept_one(struct listener *l)
     struct sockaddr_storage ss;
     socklen_t sslen = sizeof(ss);
 
-    int fd = accept4(l->fe->listen_fd, (struct sockaddr *)&ss, &sslen,
-                     SOCK_NONBLOCK | SOCK_CLOEXEC);
+    int fd =
+        accept4(l->fe->listen_fd, (struct sockaddr *)&ss, &sslen, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
         switch (errno) {
         case EAGAIN:

@@ -153,9 +153,9 @@ void conn_close(struct conn *c, enum conn_end end, const char *fmt, ...)
         vsnprintf(detail, sizeof(detail), fmt, ap);
         va_end(ap);
     }
-    conn_log(c, conn_ends[end].level, "connection closed: %s%s%s (state %s, %llu bytes in, %llu out)",
-             conn_ends[end].what, detail[0] ? ": " : "", detail, conn_state_name(c->state),
-             c->c2b.bytes, c->b2c.bytes);
+    conn_log(c, conn_ends[end].level,
+             "connection closed: %s%s%s (state %s, %llu bytes in, %llu out)", conn_ends[end].what,
+             detail[0] ? ": " : "", detail, conn_state_name(c->state), c->c2b.bytes, c->b2c.bytes);
     conn_count_end(w, end);
     /* Best effort and nonblocking: a client that cannot take the alert now loses nothing. */
     if (conn_ends[end].notify_client && c->state != CONN_HANDSHAKE &&

@@ -139,8 +139,8 @@ static enum step relay_shutdown(struct conn *c, struct relay_dir *d)
 /* One pass over a direction: read what fits, write what is buffered, end the stream. */
 static enum step relay_step(struct conn *c, struct relay_dir *d)
 {
-    static enum step (*const ops[])(struct conn *, struct relay_dir *) = {
-        relay_read, relay_write, relay_shutdown};
+    static enum step (*const ops[])(struct conn *, struct relay_dir *) = {relay_read, relay_write,
+                                                                          relay_shutdown};
     enum step result = STEP_IDLE;
 
     for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++) {
@@ -167,10 +167,10 @@ static int relay_interest(const struct relay_dir *d, const struct endpoint *ep)
 
 static void relay_watch(struct conn *c)
 {
-    conn_watch(c, &c->client, relay_interest(&c->c2b, &c->client) |
-                                  relay_interest(&c->b2c, &c->client));
-    conn_watch(c, &c->backend, relay_interest(&c->c2b, &c->backend) |
-                                   relay_interest(&c->b2c, &c->backend));
+    conn_watch(c, &c->client,
+               relay_interest(&c->c2b, &c->client) | relay_interest(&c->b2c, &c->client));
+    conn_watch(c, &c->backend,
+               relay_interest(&c->c2b, &c->backend) | relay_interest(&c->b2c, &c->backend));
 }
 
 static int relay_pump(struct conn *c)

@@ -18,8 +18,7 @@ enum io_status {
 /* The relay never branches on TLS versus plaintext: each side is a transport. */
 struct transport {
     enum io_status (*read)(struct endpoint *ep, char *buf, size_t len, size_t *n, int *want);
-    enum io_status (*write)(struct endpoint *ep, const char *buf, size_t len, size_t *n,
-                            int *want);
+    enum io_status (*write)(struct endpoint *ep, const char *buf, size_t len, size_t *n, int *want);
     /* Ends our sending side: close_notify for TLS, FIN for plaintext. */
     enum io_status (*shutdown)(struct endpoint *ep, int *want);
 };
@@ -30,7 +29,7 @@ struct endpoint {
     const struct transport *ops;
     ev_io io;
     struct conn *conn;
-    const char *name; /* "client" or "backend", for logs */
+    const char *name;               /* "client" or "backend", for logs */
     unsigned long long plain_bytes; /* bytes through a plaintext fd, both ways */
     char why[160];                  /* the failure behind the last IO_FAIL */
 };

@@ -108,11 +108,8 @@ static void worker_watch_signals(struct worker *w)
         ev_signal *watcher;
         int signum;
     } signals[] = {
-        {&w->sig_term, SIGTERM},
-        {&w->sig_int, SIGINT},
-        {&w->sig_quit, SIGQUIT},
-        {&w->sig_hup, SIGHUP},
-        {&w->sig_usr1, SIGUSR1},
+        {&w->sig_term, SIGTERM}, {&w->sig_int, SIGINT},   {&w->sig_quit, SIGQUIT},
+        {&w->sig_hup, SIGHUP},   {&w->sig_usr1, SIGUSR1},
     };
 
     for (size_t i = 0; i < sizeof(signals) / sizeof(signals[0]); i++) {
