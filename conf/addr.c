@@ -138,6 +138,39 @@ int addr_parse_unix(const char *path, struct addr *out, char *why, size_t whysiz
     return 0;
 }
 
+static in_port_t addr_port(const struct addr *a)
+{
+    return a->sa.ss_family == AF_INET ? ((const struct sockaddr_in *)&a->sa)->sin_port
+                                      : ((const struct sockaddr_in6 *)&a->sa)->sin6_port;
+}
+
+static bool addr_is_any(const struct addr *a)
+{
+    if (a->sa.ss_family == AF_INET)
+        return ((const struct sockaddr_in *)&a->sa)->sin_addr.s_addr == htonl(INADDR_ANY);
+    return IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)&a->sa)->sin6_addr);
+}
+
+static bool addr_same_host(const struct addr *a, const struct addr *b)
+{
+    if (a->sa.ss_family == AF_INET)
+        return ((const struct sockaddr_in *)&a->sa)->sin_addr.s_addr ==
+               ((const struct sockaddr_in *)&b->sa)->sin_addr.s_addr;
+    return IN6_ARE_ADDR_EQUAL(&((const struct sockaddr_in6 *)&a->sa)->sin6_addr,
+                              &((const struct sockaddr_in6 *)&b->sa)->sin6_addr);
+}
+
+bool addr_listen_conflict(const struct addr *a, const struct addr *b)
+{
+    if (addr_port(a) != addr_port(b))
+        return false;
+    if (a->any_dual_stack || b->any_dual_stack)
+        return true;
+    if (a->sa.ss_family != b->sa.ss_family)
+        return false;
+    return addr_is_any(a) || addr_is_any(b) || addr_same_host(a, b);
+}
+
 void addr_format(const struct sockaddr *sa, socklen_t len, char *buf, size_t size)
 {
     char host[INET6_ADDRSTRLEN];

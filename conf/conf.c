@@ -23,6 +23,7 @@
 #define DURATION_MAX 86400.0
 #define IDLE_TIMEOUT_MAX 604800.0
 #define DURATION_MIN 0.001
+#define CONF_SOURCE_MAX (1024 * 1024)
 
 struct parser {
     struct conf *conf;
@@ -107,46 +108,68 @@ static int conf_strdup(struct parser *p, const config_setting_t *s, const char *
     return 0;
 }
 
+/* The text of file from the start of line on, at most CONF_SOURCE_MAX bytes; NULL if unreadable. */
+static char *conf_source_from_line(const char *file, int line)
+{
+    char *text = malloc(CONF_SOURCE_MAX + 1);
+    FILE *f = fopen(file, "r");
+    size_t len = 0;
+
+    if (text == NULL || f == NULL) {
+        free(text);
+        if (f != NULL)
+            fclose(f);
+        return NULL;
+    }
+    len = fread(text, 1, CONF_SOURCE_MAX, f);
+    fclose(f);
+    text[len] = '\0';
+    char *at = text;
+    for (int n = 1; n < line && at != NULL; n++) {
+        at = strchr(at, '\n');
+        if (at != NULL)
+            at++;
+    }
+    if (at == NULL) {
+        free(text);
+        return NULL;
+    }
+    memmove(text, at, strlen(at) + 1);
+    return text;
+}
+
 /*
  * libconfig 1.5 silently wraps an integer literal that does not fit 32 bits
- * ("workers = 4294967297" reads as 1). Re-read the literal from the source line and
- * refuse it when it does not round-trip.
+ * ("workers = 4294967297" reads as 1). Re-read the literal from the source, which
+ * may continue on the lines after the name, and refuse it when it does not round-trip.
  */
 static bool setting_int_wrapped(const config_setting_t *s, long long value)
 {
     const char *file = config_setting_source_file(s);
     const char *name = config_setting_name(s);
     int line = config_setting_source_line(s);
-    char buf[4096];
     bool wrapped = false;
+    char *text;
 
-    if (file == NULL || name == NULL || line <= 0)
+    if (file == NULL || name == NULL || line <= 0 || (text = conf_source_from_line(file, line)) == NULL)
         return false;
-    FILE *f = fopen(file, "r");
-    if (f == NULL)
-        return false;
-    for (int n = 1; fgets(buf, sizeof(buf), f) != NULL; n++) {
-        if (n != line)
+    size_t namelen = strlen(name);
+    for (char *at = strstr(text, name); at != NULL; at = strstr(at + 1, name)) {
+        char *rest = at + namelen;
+        rest += strspn(rest, " \t\r\n");
+        if (*rest != '=' && *rest != ':')
             continue;
-        size_t namelen = strlen(name);
-        for (char *at = strstr(buf, name); at != NULL; at = strstr(at + 1, name)) {
-            char *rest = at + namelen;
-            rest += strspn(rest, " \t");
-            if (*rest != '=' && *rest != ':')
-                continue;
-            rest++;
-            rest += strspn(rest, " \t");
-            char *end;
-            errno = 0;
-            int base = rest[0] == '0' && (rest[1] == 'x' || rest[1] == 'X') ? 16 : 10;
-            long long literal = strtoll(rest, &end, base);
-            if (end != rest)
-                wrapped = errno == ERANGE || literal != value;
-            break;
-        }
+        rest++;
+        rest += strspn(rest, " \t\r\n");
+        char *end;
+        errno = 0;
+        int base = rest[0] == '0' && (rest[1] == 'x' || rest[1] == 'X') ? 16 : 10;
+        long long literal = strtoll(rest, &end, base);
+        if (end != rest)
+            wrapped = errno == ERANGE || literal != value;
         break;
     }
-    fclose(f);
+    free(text);
     return wrapped;
 }
 
@@ -258,19 +281,20 @@ static int parse_path(struct parser *p, const config_setting_t *s, const struct 
     return conf_resolve_path(p, s, value, (char **)((char *)base + rule->offset));
 }
 
-/* A file sluice must read: it exists, is a regular file, and we can open it. */
+/* A file sluice must read: a regular file (a FIFO would hang us), and we can open it. */
 static int conf_check_readable(struct parser *p, const config_setting_t *s, const char *what,
                                const char *path)
 {
     struct stat st;
 
+    if (stat(path, &st) < 0)
+        return conf_fail(p, s, "%s %s: %s", what, path, strerror(errno));
+    if (!S_ISREG(st.st_mode))
+        return conf_fail(p, s, "%s %s: not a regular file", what, path);
     FILE *f = fopen(path, "r");
     if (f == NULL)
         return conf_fail(p, s, "%s %s: %s", what, path, strerror(errno));
-    int rc = fstat(fileno(f), &st);
     fclose(f);
-    if (rc == 0 && !S_ISREG(st.st_mode))
-        return conf_fail(p, s, "%s %s: not a regular file", what, path);
     return 0;
 }
 
@@ -638,9 +662,10 @@ static int conf_frontend_check(struct parser *p, const config_setting_t *s,
     if (fe->verify_client != VERIFY_CLIENT_NONE && fe->client_ca[0] == '\0')
         return conf_fail(p, s, "verify-client needs client-ca");
     for (size_t i = 0; i < (size_t)(fe - p->conf->frontends); i++) {
-        if (strcmp(p->conf->frontends[i].listen_text, fe->listen_text) == 0)
-            return conf_fail(p, s, "listen \"%s\" is already used by the frontend at line %d",
-                             fe->listen_text, p->conf->frontends[i].origin.line);
+        if (addr_listen_conflict(&p->conf->frontends[i].listen, &fe->listen))
+            return conf_fail(p, s, "listen \"%s\" overlaps \"%s\" of the frontend at line %d",
+                             fe->listen_text, p->conf->frontends[i].listen_text,
+                             p->conf->frontends[i].origin.line);
     }
     return 0;
 }
@@ -755,20 +780,24 @@ static int conf_cross_check(struct parser *p, const config_setting_t *root)
     return 0;
 }
 
+/* The folder as named, not a symlinked file's target: relative paths live beside the name. */
 static int conf_set_paths(struct conf *conf, const char *path, char *err, size_t errsize)
 {
-    char *real = realpath(path, NULL);
+    const char *slash = strrchr(path, '/');
+    char *folder = slash == NULL ? strdup(".")
+                   : slash == path ? strdup("/")
+                                   : strndup(path, (size_t)(slash - path));
 
-    if (real == NULL) {
-        snprintf(err, errsize, "%s: %s", path, strerror(errno));
+    conf->path = strdup(path);
+    if (folder == NULL || conf->path == NULL) {
+        free(folder);
+        snprintf(err, errsize, "%s: out of memory", path);
         return -1;
     }
-    char *slash = strrchr(real, '/');
-    conf->path = strdup(path);
-    conf->dir = slash == real ? strdup("/") : strndup(real, (size_t)(slash - real));
-    free(real);
-    if (conf->path == NULL || conf->dir == NULL) {
-        snprintf(err, errsize, "%s: out of memory", path);
+    conf->dir = realpath(folder, NULL);
+    free(folder);
+    if (conf->dir == NULL) {
+        snprintf(err, errsize, "%s: %s", path, strerror(errno));
         return -1;
     }
     return 0;
@@ -790,6 +819,7 @@ struct conf *conf_load(const char *path, char *err, size_t errsize)
     config_init(&cfg);
     if (conf_set_paths(conf, path, err, errsize) < 0)
         goto out;
+    config_set_include_dir(&cfg, conf->dir);
     if (!config_read_file(&cfg, path)) {
         if (config_error_type(&cfg) == CONFIG_ERR_FILE_IO)
             snprintf(err, errsize, "%s: %s", path, strerror(errno));

@@ -28,8 +28,11 @@ static int listen_set_options(int fd, const struct addr *addr)
 {
     int on = 1;
 
-    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) < 0 ||
-        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on)) < 0)
+    /*
+     * No SO_REUSEPORT while one process owns each address: with it, a second sluice
+     * started by mistake would bind too and silently take a share of the connections.
+     */
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) < 0)
         return -1;
     if (addr->sa.ss_family == AF_INET6) {
         int v6only = addr->any_dual_stack ? 0 : 1;

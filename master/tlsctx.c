@@ -157,6 +157,12 @@ SSL_CTX *tlsctx_build(const struct conf_frontend *fe, char *err, size_t errsize)
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
                               SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     SSL_CTX_set_session_id_context(ctx, session_id_context, sizeof(session_id_context) - 1);
+    /* SSL_OP_NO_TICKET alone only makes TLS 1.3 tickets stateful: send none at all. */
+    if (!fe->tls.session_tickets && !SSL_CTX_set_num_tickets(ctx, 0)) {
+        tlsctx_fail(err, errsize, fe->origin, "cannot turn session tickets off");
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
     if (tlsctx_protocols(ctx, &fe->tls, err, errsize) < 0 ||
         tlsctx_certs(ctx, fe, err, errsize) < 0 ||
         tlsctx_client_verify(ctx, fe, err, errsize) < 0) {

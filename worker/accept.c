@@ -78,8 +78,16 @@ static bool accept_one(struct listener *l)
             return false;
         case EINTR:
         case ECONNABORTED:
-        case EPROTO:
         case EPERM: /* a firewall rule refused it */
+        /* Network errors already pending on the new socket: accept(2) says retry. */
+        case EPROTO:
+        case ENOPROTOOPT:
+        case EHOSTDOWN:
+        case ENONET:
+        case EHOSTUNREACH:
+        case EOPNOTSUPP:
+        case ENETDOWN:
+        case ENETUNREACH:
             return true;
         case EMFILE:
         case ENFILE:

@@ -174,15 +174,18 @@ void conn_close(struct conn *c, enum conn_end end, const char *fmt, ...)
     free(c);
 }
 
+static unsigned long long conn_progress_mark(const struct conn *c)
+{
+    return endpoint_io_bytes(&c->client) + endpoint_io_bytes(&c->backend) + c->transitions;
+}
+
 /* Once a wake-up is handled: was it worth it? */
 static void conn_account_wakeup(struct conn *c, unsigned long long before)
 {
     struct worker *w = c->worker;
-    unsigned long long after =
-        endpoint_io_bytes(&c->client) + endpoint_io_bytes(&c->backend) + c->transitions;
 
     w->stats.wakeups++;
-    if (after != before) {
+    if (conn_progress_mark(c) != before) {
         c->spurious_streak = 0;
         c->last_activity = ev_now(w->loop);
         return;
@@ -190,11 +193,6 @@ static void conn_account_wakeup(struct conn *c, unsigned long long before)
     w->stats.spurious_wakeups++;
     if (++c->spurious_streak >= SPIN_GUARD_STREAK)
         conn_close(c, END_SPINNING, "%u wake-ups in a row moved nothing", c->spurious_streak);
-}
-
-static unsigned long long conn_progress_mark(const struct conn *c)
-{
-    return endpoint_io_bytes(&c->client) + endpoint_io_bytes(&c->backend) + c->transitions;
 }
 
 static void conn_io_cb(struct ev_loop *loop, ev_io *io, int revents)
@@ -233,20 +231,21 @@ static void conn_timer_cb(struct ev_loop *loop, ev_timer *timer, int revents)
         conn_close(c, END_BACKEND_CONNECT_TIMEOUT, "%s after %gs", c->fe->conf->backend_text,
                    c->worker->conf->backend_connect_timeout);
         return;
-    case CONN_CLOSING:
-        conn_close(c, END_CLOSE_TIMEOUT, NULL);
-        return;
     case CONN_RELAY:
+    case CONN_CLOSING:
         break;
     }
-    /* Activity does not touch the timer (that would cost a heap update per read): check here. */
-    ev_tstamp idle_until = c->last_activity + c->worker->conf->idle_timeout;
-    if (idle_until > ev_now(loop) + 1e-3) {
-        ev_timer_set(timer, idle_until - ev_now(loop), 0);
+    /*
+     * Relaying and closing time out on inactivity. Activity does not touch the timer
+     * (that would cost a heap update per read): the deadline is checked here.
+     */
+    ev_tstamp until = c->last_activity + conn_state_timeout(c, c->state);
+    if (until > ev_now(loop) + 1e-3) {
+        ev_timer_set(timer, until - ev_now(loop), 0);
         ev_timer_start(loop, timer);
         return;
     }
-    conn_close(c, END_IDLE_TIMEOUT, NULL);
+    conn_close(c, c->state == CONN_RELAY ? END_IDLE_TIMEOUT : END_CLOSE_TIMEOUT, NULL);
 }
 
 static void conn_init_endpoint(struct conn *c, struct endpoint *ep, const char *name)

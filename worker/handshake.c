@@ -38,9 +38,8 @@ void handshake_start(struct conn *c)
     c->client.ssl = SSL_new(c->fe->ctx);
     if (c->client.ssl == NULL || !SSL_set_fd(c->client.ssl, c->client.fd)) {
         char reasons[256];
-        log_error("cannot set up TLS for a new connection on %s: %s", c->fe->conf->listen_text,
-                  log_ssl_reasons(reasons, sizeof(reasons)));
-        conn_close(c, END_HANDSHAKE_FAILED, "out of memory");
+        conn_close(c, END_NO_RESOURCES, "cannot set up TLS: %s",
+                   log_ssl_reasons(reasons, sizeof(reasons)));
         return;
     }
     c->client.ops = &transport_tls;

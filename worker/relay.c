@@ -71,6 +71,8 @@ static enum step relay_read(struct conn *c, struct relay_dir *d)
     case IO_DONE:
         d->end += n;
         d->bytes += n;
+        *(d == &c->c2b ? &c->worker->stats.bytes_client_to_backend
+                       : &c->worker->stats.bytes_backend_to_client) += n;
         return STEP_MOVED;
     case IO_AGAIN:
         d->src_blocked = want;
@@ -175,8 +177,6 @@ static void relay_watch(struct conn *c)
 
 static int relay_pump(struct conn *c)
 {
-    struct worker *w = c->worker;
-    unsigned long long c2b_before = c->c2b.bytes, b2c_before = c->b2c.bytes;
     int round;
 
     for (round = 0; round < RELAY_ROUNDS; round++) {
@@ -189,8 +189,6 @@ static int relay_pump(struct conn *c)
         if (c2b == STEP_IDLE && b2c == STEP_IDLE)
             break;
     }
-    w->stats.bytes_client_to_backend += c->c2b.bytes - c2b_before;
-    w->stats.bytes_backend_to_client += c->b2c.bytes - b2c_before;
     if (c->c2b.state == DIR_SHUT && c->b2c.state == DIR_SHUT) {
         conn_close(c, END_DONE, NULL);
         return -1;
@@ -200,7 +198,7 @@ static int relay_pump(struct conn *c)
     relay_watch(c);
     /* Records already decrypted inside OpenSSL make no fd readable: come back for them. */
     if (round == RELAY_ROUNDS && c->c2b.state == DIR_OPEN && SSL_has_pending(c->client.ssl))
-        ev_feed_event(w->loop, &c->client.io, EV_READ);
+        ev_feed_event(c->worker->loop, &c->client.io, EV_READ);
     return 0;
 }
 
