@@ -8,9 +8,11 @@
 #include "lib/log.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <openssl/err.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
@@ -30,6 +32,20 @@ static const char *const log_level_names[] = {
 void log_set_level(enum log_level level)
 {
     log_threshold = level;
+}
+
+void log_stderr_nonblocking(void)
+{
+    struct stat st;
+    int flags;
+
+    /* A terminal or file is shared with whoever started us: leave its flags alone. */
+    if (fstat(STDERR_FILENO, &st) < 0 || !(S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode)))
+        return;
+    flags = fcntl(STDERR_FILENO, F_GETFL);
+    if (flags >= 0 && !(flags & O_NONBLOCK) &&
+        fcntl(STDERR_FILENO, F_SETFL, flags | O_NONBLOCK) < 0)
+        log_errno(LOG_LEVEL_WARNING, "cannot make standard error nonblocking");
 }
 
 int log_level_enabled(enum log_level level)

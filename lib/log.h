@@ -13,6 +13,8 @@ enum log_level {
 #define LOG_PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
 
 void log_set_level(enum log_level level);
+/* When stderr is a pipe or socket (journald, a supervisor), never let it block us. */
+void log_stderr_nonblocking(void);
 int log_level_enabled(enum log_level level);
 const char *log_level_name(enum log_level level);
 int log_level_parse(const char *name, enum log_level *level);

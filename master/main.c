@@ -191,6 +191,11 @@ int main(int argc, char **argv)
     } else if (signal(SIGPIPE, SIG_IGN) == SIG_ERR) {
         fprintf(stderr, "sluice: cannot ignore SIGPIPE: %s\n", strerror(errno));
     } else {
+        log_stderr_nonblocking();
+        if (geteuid() == 0)
+            log_warning("running as root: this version does not drop privileges (user, group "
+                        "and chroot have no effect yet); prefer an unprivileged user with "
+                        "CAP_NET_BIND_SERVICE");
         raise_fd_limit(conf);
         if (frontends_listen(conf, frontends, err, sizeof(err)) < 0)
             fprintf(stderr, "sluice: %s\n", err);
