@@ -4,7 +4,9 @@
 # bytes case (data, close_notify, then more raw bytes) and the buffered-records case end
 # without busy looping: sluice's utime+stime grows by less than 5% of one core over 3 s.
 import hashlib
+import select
 import socket
+import ssl
 import time
 
 import sluicetest as st
@@ -141,6 +143,72 @@ def main(t):
     t.ok("spurious_wakeups" in stats and stats["spurious_wakeups"] <= 50,
          "exit stats show few spurious wake-ups (%s of %s, bound 50)"
          % (stats.get("spurious_wakeups"), stats.get("wakeups")))
+
+    close_deadline_is_inactivity(t, cert, key, be)
+
+
+def close_deadline_is_inactivity(t, cert, key, be):
+    """close-timeout counts inactivity: the backend shuts only its write side (sluice says
+    close_notify and enters CLOSING) while the client keeps uploading for 3 s, three
+    times close-timeout. Nothing is cut while bytes move; once the client goes quiet,
+    the close timeout ends the connection about close-timeout later."""
+    port = st.free_port()
+    conf = t.write_config([t.frontend(port, be.address, cert, key)], name="close-1.conf",
+                          close_timeout=1, idle_timeout=60)
+    sl = t.start_sluice(conf, name="sluice-close-1")
+    c = tc.BioClient(port, cert, timeout=st.scaled(5))
+    c.handshake()
+    c.send(b"SHUTWR\n")
+    reply, how = c.read_to_close(st.scaled(5))
+    t.ok(reply == b"shut-wr\n" and how == "close_notify",
+         "close-timeout 1: backend shuts its write side -> the client gets its reply, then "
+         "close_notify (%r, %s)" % (reply, how))
+
+    cid = shutwr_conn(be)
+    chunk = payload(16 * 1024)
+    sent, cut, t_end = 0, None, time.monotonic() + 3.0
+    last = time.monotonic()
+    while time.monotonic() < t_end:
+        r, _, _ = select.select([c.sock], [], [], 0)
+        if r:
+            try:
+                extra = c.sock.recv(65536)
+            except OSError as e:
+                extra = b""
+                cut = "%s after %.2f s" % (type(e).__name__, 3.0 - (t_end - time.monotonic()))
+            if not extra:
+                cut = cut or "closed after %.2f s" % (3.0 - (t_end - time.monotonic()))
+                break
+        try:
+            c.send(chunk)
+        except (OSError, ssl.SSLError) as e:
+            cut = "send failed after %.2f s: %s" % (3.0 - (t_end - time.monotonic()), e)
+            break
+        sent += len(chunk)
+        last = time.monotonic()
+        time.sleep(0.3)
+    t.ok(cut is None, "... the client uploads a chunk every 0.3 s for 3 s after close_notify "
+         "and the connection stays open meanwhile (%s)" % (cut or "open"))
+
+    how, _, got = tc.wait_closed(c.sock, st.scaled(1) + 5)
+    quiet = time.monotonic() - last
+    t.ok(how in ("eof", "reset") and 0.7 <= quiet <= st.scaled(1) + 0.6,
+         "... once the client goes quiet, sluice closes it %.2f s later (%s; bound 0.7..%.1f s)"
+         % (quiet, how, st.scaled(1) + 0.6))
+    c.close()
+    ev = be.wait_event(lambda e: e["event"] == "eof" and e["conn"] == cid, st.scaled(5))
+    t.ok(ev and ev[0]["bytes"] == sent > 0,
+         "... every byte the client sent after close_notify reached the backend (%s of %d)"
+         % (ev[0]["bytes"] if ev else "none", sent))
+    t.ok(sl.wait_log(r"connection closed: close timeout", st.scaled(2)),
+         "... and sluice logged it as a close timeout")
+    sl.stop_and_check(what="sluice (close-timeout 1)")
+
+
+def shutwr_conn(be):
+    """The backend's connection id of its latest SHUTWR request."""
+    reqs = [e for e in be.events("request") if e.get("cmd") == "SHUTWR"]
+    return reqs[-1]["conn"] if reqs else None
 
 
 st.Test("half-close").main(main)

@@ -851,6 +851,8 @@ def wait_until(pred, timeout, step=0.05):
 #   EOF DELAY      : reads to EOF, logs it, waits DELAY s, sends "EOF-SEEN N SHA\n", closes.
 #   BYE            : sends "bye\n" and closes.
 #   HOLD           : reads to EOF, closes.
+#   SHUTWR         : sends "shut-wr\n", shuts down its write side only, keeps reading to
+#                    EOF (logs "eof" with the bytes after the command line), closes.
 # Every connection appends JSON lines (accept, eof, done...) to REPORT.
 
 _POOL = None
@@ -987,6 +989,12 @@ def _backend_conn(sock, cid, name, report):
         elif cmd == "HOLD":
             n, _ = _read_to_eof(sock, rest)
             report(cid, "eof", bytes=n)
+        elif cmd == "SHUTWR":
+            sock.sendall(b"shut-wr\n")
+            sock.shutdown(socket.SHUT_WR)
+            report(cid, "shut-wr")
+            n, sha = _read_to_eof(sock, rest)
+            report(cid, "eof", bytes=n, sha=sha)
         else:
             report(cid, "unknown")
     except Exception as e:
