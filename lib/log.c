@@ -1,7 +1,9 @@
 /*
- * Logging to stderr, one line per write(2) so lines from concurrent writers never
- * interleave. A line that cannot be written right now is dropped and counted: a slow
- * log consumer must never stall the event loop.
+ * Logging to stderr, a log file and syslog. Each line is one write(2) or send(2) per
+ * target, so lines from concurrent writers (the master and its workers) never
+ * interleave. A line that a target cannot take right now is dropped and counted: a slow
+ * log consumer must never stall the event loop. That is also why syslog(3) is not used:
+ * it may block on a full /dev/log.
  */
 #include "config.h"
 
@@ -10,17 +12,35 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/err.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <sys/un.h>
+#include <syslog.h>
 #include <time.h>
 #include <unistd.h>
 
 #define LOG_LINE_MAX 2048
+/* Room in front of "sluice[PID]: level: message" for the longest per-target header. */
+#define LOG_HEAD_MAX 64
+#define LOG_SYSLOG_PATH "/dev/log"
+#define LOG_SYSLOG_RETRY_MS 1000
 
 static enum log_level log_threshold = LOG_LEVEL_INFO;
 static unsigned long log_dropped;
+
+/* Logging is process-wide by nature (any function may log); its state lives here. */
+static struct {
+    bool use_stderr;
+    int file_fd;
+    bool syslog_on;
+    int syslog_fd;
+    int syslog_facility;
+    int64_t syslog_attempt_ms;
+} log_targets = {.use_stderr = true, .file_fd = -1, .syslog_fd = -1};
 
 static const char *const log_level_names[] = {
     [LOG_LEVEL_ERROR] = "error",
@@ -74,47 +94,230 @@ unsigned long log_dropped_lines(void)
     return log_dropped;
 }
 
-static size_t log_prefix(char *buf, size_t size, enum log_level level)
+void log_use_stderr(bool on)
 {
-    struct timeval tv;
-    struct tm tm;
-    char stamp[32];
+    log_targets.use_stderr = on;
+}
 
-    gettimeofday(&tv, NULL);
-    gmtime_r(&tv.tv_sec, &tm);
-    strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
-    int n = snprintf(buf, size, "%s.%03ldZ sluice[%ld]: %s: ", stamp, (long)tv.tv_usec / 1000,
-                     (long)getpid(), log_level_names[level]);
+int log_file_fd(void)
+{
+    return log_targets.file_fd;
+}
+
+void log_adopt_file_fd(int fd)
+{
+    /* close(2) may report EINTR or EIO, but the fd is gone either way: nothing to retry. */
+    if (log_targets.file_fd >= 0 && log_targets.file_fd != fd)
+        close(log_targets.file_fd);
+    log_targets.file_fd = fd;
+}
+
+int log_open_file(const char *path, char *err, size_t errsize)
+{
+    int fd;
+
+    /* O_NONBLOCK changes nothing for a regular file, but a FIFO must not stall us. */
+    do
+        fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY | O_NONBLOCK, 0640);
+    while (fd < 0 && errno == EINTR);
+    if (fd < 0) {
+        snprintf(err, errsize, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    log_adopt_file_fd(fd);
+    return 0;
+}
+
+int log_syslog_fd(void)
+{
+    return log_targets.syslog_fd;
+}
+
+static int64_t log_now_ms(void)
+{
+    struct timespec ts;
+
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) < 0)
+        return 0;
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* (Re)connect the syslog socket; connecting a datagram socket again just re-targets it. */
+static int log_syslog_connect(void)
+{
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    int rc;
+
+    log_targets.syslog_attempt_ms = log_now_ms();
+    if (log_targets.syslog_fd < 0) {
+        log_targets.syslog_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (log_targets.syslog_fd < 0)
+            return -1;
+    }
+    memcpy(sun.sun_path, LOG_SYSLOG_PATH, sizeof(LOG_SYSLOG_PATH));
+    do
+        rc = connect(log_targets.syslog_fd, (struct sockaddr *)&sun, sizeof(sun));
+    while (rc < 0 && errno == EINTR);
+    return rc;
+}
+
+int log_open_syslog(int facility, char *err, size_t errsize)
+{
+    log_targets.syslog_on = true;
+    log_targets.syslog_facility = facility & LOG_FACMASK;
+    /* Load the time zone now: a chrooted worker could not read it later. */
+    tzset();
+    if (log_syslog_connect() < 0) {
+        snprintf(err, errsize, "%s: %s", LOG_SYSLOG_PATH, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+void log_close_syslog(void)
+{
+    log_targets.syslog_on = false;
+    if (log_targets.syslog_fd >= 0)
+        close(log_targets.syslog_fd);
+    log_targets.syslog_fd = -1;
+}
+
+/*
+ * A restarted syslog daemon leaves our socket pointing at its dead predecessor
+ * (ECONNREFUSED, then ENOTCONN): reconnect, but at most once a second, so a syslog that
+ * stays away costs one connect(2) a second, not one per line.
+ */
+static bool log_syslog_reconnect(void)
+{
+    if (log_now_ms() - log_targets.syslog_attempt_ms < LOG_SYSLOG_RETRY_MS)
+        return false;
+    return log_syslog_connect() == 0;
+}
+
+static bool log_send_syslog(const char *msg, size_t len)
+{
+    for (;;) {
+        if (log_targets.syslog_fd >= 0) {
+            ssize_t n = send(log_targets.syslog_fd, msg, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+            if (n == (ssize_t)len)
+                return true;
+            if (n >= 0)
+                return false; /* a datagram is never sent in part; be safe anyway */
+            if (errno == EINTR)
+                continue;
+            /* EAGAIN, ENOBUFS: syslog is behind, and we do not wait for it. */
+            if (errno != ECONNREFUSED && errno != ENOTCONN)
+                return false;
+        }
+        if (!log_syslog_reconnect())
+            return false;
+    }
+}
+
+static bool log_write_fd(int fd, const char *line, size_t len)
+{
+    for (;;) {
+        ssize_t n = write(fd, line, len);
+        if (n == (ssize_t)len)
+            return true;
+        if (n < 0 && errno == EINTR)
+            continue;
+        return false;
+    }
+}
+
+static size_t log_clamp(int n, size_t size)
+{
     return n < 0 ? 0 : (size_t)n >= size ? size - 1 : (size_t)n;
 }
 
-static void log_write_line(char *line, size_t len)
+/*
+ * Copies a target's header (at most LOG_HEAD_MAX bytes) right in front of the tag, so
+ * each target's line is one contiguous buffer; returns where the line starts.
+ */
+static char *log_put_head(char *tag, const char *head, size_t len)
 {
-    if (len >= LOG_LINE_MAX - 1)
-        len = LOG_LINE_MAX - 2;
-    line[len++] = '\n';
-    for (;;) {
-        ssize_t n = write(STDERR_FILENO, line, len);
-        if (n == (ssize_t)len)
-            return;
-        if (n < 0 && errno == EINTR)
-            continue;
-        log_dropped++;
-        return;
-    }
+    memcpy(tag - len, head, len);
+    return tag - len;
+}
+
+/* "2024-05-01T12:00:00.123Z ", UTC, for stderr and the log file. */
+static char *log_file_head(char *tag, const struct timeval *tv)
+{
+    char head[LOG_HEAD_MAX], stamp[32];
+    struct tm tm;
+
+    gmtime_r(&tv->tv_sec, &tm);
+    strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
+    int n = snprintf(head, sizeof(head), "%s.%03ldZ ", stamp, (long)tv->tv_usec / 1000);
+    return log_put_head(tag, head, log_clamp(n, sizeof(head)));
+}
+
+/* "<PRI>May  1 14:00:00 ", local time, as RFC 3164 and every syslog daemon expect. */
+static char *log_syslog_head(char *tag, const struct timeval *tv, enum log_level level)
+{
+    static const char *const months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                         "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+    static const int severities[] = {
+        [LOG_LEVEL_ERROR] = LOG_ERR,
+        [LOG_LEVEL_WARNING] = LOG_WARNING,
+        [LOG_LEVEL_INFO] = LOG_INFO,
+        [LOG_LEVEL_DEBUG] = LOG_DEBUG,
+    };
+    char head[LOG_HEAD_MAX];
+    struct tm tm;
+
+    localtime_r(&tv->tv_sec, &tm);
+    int n = snprintf(head, sizeof(head), "<%d>%s %2d %02d:%02d:%02d ",
+                     log_targets.syslog_facility | severities[level], months[tm.tm_mon % 12],
+                     tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+    return log_put_head(tag, head, log_clamp(n, sizeof(head)));
+}
+
+/*
+ * Formats "sluice[PID]: level: message" at tag; returns its length, newline excluded.
+ * The pid is read for every line: workers are forked.
+ */
+static size_t log_format_tag(char *tag, size_t size, enum log_level level, const char *fmt,
+                             va_list ap) LOG_PRINTF(4, 0);
+static size_t log_format_tag(char *tag, size_t size, enum log_level level, const char *fmt,
+                             va_list ap)
+{
+    size_t len = log_clamp(
+        snprintf(tag, size, "sluice[%ld]: %s: ", (long)getpid(), log_level_names[level]), size);
+    len += log_clamp(vsnprintf(tag + len, size - len, fmt, ap), size - len);
+    return len;
 }
 
 void log_vmsg(enum log_level level, const char *fmt, va_list ap)
 {
-    char line[LOG_LINE_MAX];
+    char line[LOG_HEAD_MAX + LOG_LINE_MAX];
+    char *tag = line + LOG_HEAD_MAX;
+    struct timeval tv;
+    bool all_sent = true;
+    int saved = errno; /* callers may log between a failure and their use of errno */
 
     if (!log_level_enabled(level))
         return;
-    size_t len = log_prefix(line, sizeof(line), level);
-    int n = vsnprintf(line + len, sizeof(line) - len, fmt, ap);
-    if (n > 0)
-        len += (size_t)n;
-    log_write_line(line, len);
+    gettimeofday(&tv, NULL);
+    /* One byte short of the buffer: room for the newline. */
+    size_t len = log_format_tag(tag, LOG_LINE_MAX - 1, level, fmt, ap);
+    tag[len] = '\n';
+    if (log_targets.use_stderr || log_targets.file_fd >= 0) {
+        char *head = log_file_head(tag, &tv);
+        size_t total = (size_t)(tag - head) + len + 1;
+        if (log_targets.use_stderr)
+            all_sent &= log_write_fd(STDERR_FILENO, head, total);
+        if (log_targets.file_fd >= 0)
+            all_sent &= log_write_fd(log_targets.file_fd, head, total);
+    }
+    if (log_targets.syslog_on) {
+        char *head = log_syslog_head(tag, &tv, level);
+        all_sent &= log_send_syslog(head, (size_t)(tag - head) + len); /* no newline */
+    }
+    if (!all_sent)
+        log_dropped++;
+    errno = saved;
 }
 
 void log_msg(enum log_level level, const char *fmt, ...)

@@ -2,6 +2,8 @@
 #define SLUICE_LOG_H
 
 #include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
 
 enum log_level {
     LOG_LEVEL_ERROR,
@@ -18,7 +20,35 @@ void log_stderr_nonblocking(void);
 int log_level_enabled(enum log_level level);
 const char *log_level_name(enum log_level level);
 int log_level_parse(const char *name, enum log_level *level);
+/* Lines some enabled target could not take right away (each such line counts once). */
 unsigned long log_dropped_lines(void);
+
+/*
+ * Targets: every line goes to each enabled one. stderr is on by default; a daemon turns
+ * it off once it has detached.
+ */
+void log_use_stderr(bool on);
+/*
+ * Also send lines to /dev/log (RFC 3164 style, facility as in <syslog.h>, e.g.
+ * LOG_DAEMON), never blocking: a full syslog drops the line. -1 with the reason in err
+ * when /dev/log cannot be reached now; the target stays on regardless, dropping and
+ * counting lines while retrying the connection at most once a second. Calling it again
+ * changes the facility and reconnects.
+ */
+int log_open_syslog(int facility, char *err, size_t errsize);
+void log_close_syslog(void);
+/* The syslog socket (-1 if none), so a process closing inherited fds can keep it. */
+int log_syslog_fd(void);
+/*
+ * Append lines to path (created 0640). On success the previous log file is closed; on
+ * failure it stays in use and err holds "PATH: reason". For start-up and SIGUSR1.
+ */
+int log_open_file(const char *path, char *err, size_t errsize);
+/* The log file's fd (-1 if none). */
+int log_file_fd(void);
+/* Log to fd from now on (-1: no file), closing the previous one: a worker takes the fd
+ * its master reopened. */
+void log_adopt_file_fd(int fd);
 
 void log_msg(enum log_level level, const char *fmt, ...) LOG_PRINTF(2, 3);
 void log_vmsg(enum log_level level, const char *fmt, va_list ap) LOG_PRINTF(2, 0);

@@ -1,3 +1,7 @@
+/*
+ * Listening sockets are the master's: opened before any fork, handed to every worker,
+ * and kept open across worker deaths so the connections queued in them are served.
+ */
 #include "config.h"
 
 #include "master/listen.h"
@@ -5,9 +9,12 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#include "lib/log.h"
 
 int listen_backlog(unsigned configured)
 {
@@ -29,10 +36,12 @@ static int listen_set_options(int fd, const struct addr *addr)
     int on = 1;
 
     /*
-     * No SO_REUSEPORT while one process owns each address: with it, a second sluice
-     * started by mistake would bind too and silently take a share of the connections.
+     * One socket per worker slot, so the kernel spreads connections over the workers
+     * (no thundering herd). A second sluice could join the group as well: the pidfile
+     * lock is what keeps it out.
      */
-    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) < 0)
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on)) < 0)
         return -1;
     if (addr->sa.ss_family == AF_INET6) {
         int v6only = addr->any_dual_stack ? 0 : 1;
@@ -59,7 +68,7 @@ static int listen_socket(struct addr *addr)
     return socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 }
 
-int listen_open(const struct conf_frontend *fe, int backlog, char *err, size_t errsize)
+static int listen_open(const struct conf_frontend *fe, int backlog, char *err, size_t errsize)
 {
     struct addr addr = fe->listen;
     const char *step = "socket";
@@ -83,4 +92,112 @@ fail:
     if (fd >= 0)
         close(fd);
     return -1;
+}
+
+static bool listen_same_addr(const struct addr *a, const struct addr *b)
+{
+    return a->len == b->len && a->any_dual_stack == b->any_dual_stack &&
+           memcmp(&a->sa, &b->sa, a->len) == 0;
+}
+
+static struct listen_socket *listen_find(struct listen_set *set, const struct addr *addr,
+                                         unsigned slot)
+{
+    for (size_t i = 0; i < set->n; i++)
+        if (set->v[i].slot == slot && listen_same_addr(&set->v[i].addr, addr))
+            return &set->v[i];
+    return NULL;
+}
+
+static int listen_add(struct listen_set *set, const struct conf_frontend *fe, unsigned slot, int fd,
+                      char *err, size_t errsize)
+{
+    if (set->n == set->cap) {
+        size_t cap = set->cap ? set->cap * 2 : 8;
+        struct listen_socket *v = realloc(set->v, cap * sizeof(*v));
+        if (v == NULL) {
+            snprintf(err, errsize, "out of memory for listening sockets");
+            return -1;
+        }
+        set->v = v;
+        set->cap = cap;
+    }
+    set->v[set->n++] =
+        (struct listen_socket){.addr = fe->listen, .slot = slot, .fd = fd, .refs = 1};
+    return 0;
+}
+
+int listen_acquire(struct listen_set *set, const struct conf_frontend *fe, unsigned slot,
+                   int backlog, char *err, size_t errsize)
+{
+    struct listen_socket *ls = listen_find(set, &fe->listen, slot);
+
+    if (ls != NULL) {
+        /* listen(2) on a listening socket only changes its backlog: a reload may have. */
+        if (listen(ls->fd, backlog) < 0)
+            log_errno(LOG_LEVEL_WARNING, "listen %s: cannot set backlog %d", fe->listen_text,
+                      backlog);
+        ls->refs++;
+        return ls->fd;
+    }
+    int fd = listen_open(fe, backlog, err, errsize);
+    if (fd < 0)
+        return -1;
+    if (listen_add(set, fe, slot, fd, err, errsize) < 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static void listen_remove(struct listen_set *set, size_t i)
+{
+    if (close(set->v[i].fd) < 0)
+        log_errno(LOG_LEVEL_WARNING, "close listening socket");
+    set->v[i] = set->v[--set->n];
+}
+
+void listen_release(struct listen_set *set, int fd)
+{
+    for (size_t i = 0; i < set->n; i++) {
+        if (set->v[i].fd == fd) {
+            if (--set->v[i].refs == 0)
+                listen_remove(set, i);
+            return;
+        }
+    }
+}
+
+void listen_close_unless(struct listen_set *set, bool (*keep)(int fd, void *arg), void *arg)
+{
+    for (size_t i = 0; i < set->n;) {
+        if (keep(set->v[i].fd, arg))
+            i++;
+        else
+            listen_remove(set, i);
+    }
+}
+
+void listen_close_all(struct listen_set *set)
+{
+    while (set->n > 0)
+        listen_remove(set, set->n - 1);
+    free(set->v);
+    *set = (struct listen_set){0};
+}
+
+void listen_check_migrate_req(void)
+{
+    FILE *f = fopen("/proc/sys/net/ipv4/tcp_migrate_req", "r");
+    int value = 1;
+
+    if (f == NULL)
+        return; /* kernels before 5.14 have no such knob: nothing to advise */
+    if (fscanf(f, "%d", &value) != 1)
+        value = 1;
+    fclose(f);
+    if (value == 0)
+        log_warning("net.ipv4.tcp_migrate_req is 0: when a reload lowers workers or drops a "
+                    "frontend, connections still queued on the listeners it closes are reset; "
+                    "set it to 1 (see contrib/sluice-sysctl.conf)");
 }

@@ -1,13 +1,42 @@
 #ifndef SLUICE_LISTEN_H
 #define SLUICE_LISTEN_H
 
+/*
+ * The master's listening sockets: one SO_REUSEPORT socket per worker slot per address.
+ * They outlive workers and generations: a generation takes references on the sockets it
+ * uses, and a socket closes only when no live generation uses it any more.
+ */
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "conf/conf.h"
 
+struct listen_socket {
+    struct addr addr; /* as configured: the key a reload matches on */
+    unsigned slot;
+    int fd;
+    unsigned refs;
+};
+
+struct listen_set {
+    struct listen_socket *v;
+    size_t n, cap;
+};
+
 /* The listen backlog: the configured one, or the system's somaxconn for 0. */
 int listen_backlog(unsigned configured);
-/* A nonblocking listening socket for fe, or -1 with the reason in err. */
-int listen_open(const struct conf_frontend *fe, int backlog, char *err, size_t errsize);
+/*
+ * The socket for fe's address and slot, with a reference taken: the open one (its backlog
+ * set anew) or a new one. -1 with "FILE:LINE: listen ADDR: step: reason" in err.
+ */
+int listen_acquire(struct listen_set *set, const struct conf_frontend *fe, unsigned slot,
+                   int backlog, char *err, size_t errsize);
+/* Drop a reference; the socket closes with its last one. */
+void listen_release(struct listen_set *set, int fd);
+/* In a new worker: close every socket for which keep(fd, arg) is false. */
+void listen_close_unless(struct listen_set *set, bool (*keep)(int fd, void *arg), void *arg);
+void listen_close_all(struct listen_set *set);
+/* Warn when closing a listener would reset the connections in its queue. */
+void listen_check_migrate_req(void);
 
 #endif

@@ -1,7 +1,7 @@
 /*
- * sluice: parse the command line and the config, load every certificate and key,
- * open the listening sockets, then serve. Everything that can be wrong with the
- * config is found here, before a single connection is accepted.
+ * sluice: parse the command line and the config, load every certificate and key, open
+ * the listening sockets and the shared segment, then become the master. Everything that
+ * can be wrong with the config is found here, before a single worker is forked.
  */
 #include "config.h"
 
@@ -15,12 +15,21 @@
 
 #include "conf/conf.h"
 #include "lib/log.h"
-#include "master/listen.h"
+#include "master/daemon.h"
+#include "master/generation.h"
+#include "master/master.h"
+#include "master/pidfile.h"
+#include "master/ticketkeys.h"
 #include "master/tlsctx.h"
-#include "worker/worker.h"
 
 #define EXIT_BAD_CONFIG 1
 #define EXIT_STARTUP 2
+
+#ifdef SLUICE_FAULT_INJECTION
+#define SLUICE_BUILD_NOTE " (fault injection)"
+#else
+#define SLUICE_BUILD_NOTE ""
+#endif
 
 struct options {
     const char *config;
@@ -64,7 +73,7 @@ static int parse_options(int argc, char **argv, struct options *opts)
             opts->daemonize = false;
             break;
         case 'V':
-            printf("sluice %s\n", PACKAGE_VERSION);
+            printf("sluice %s%s\n", PACKAGE_VERSION, SLUICE_BUILD_NOTE);
             exit(EXIT_SUCCESS);
         case 'h':
             usage(stdout);
@@ -82,88 +91,115 @@ static int parse_options(int argc, char **argv, struct options *opts)
     return 0;
 }
 
-static void frontends_free(struct frontend *frontends, size_t n)
+/* -t: every certificate and key loads and matches; nothing is bound. */
+static int check_config(const struct conf *conf)
 {
-    for (size_t i = 0; frontends != NULL && i < n; i++) {
-        SSL_CTX_free(frontends[i].ctx);
-        if (frontends[i].listen_fd >= 0)
-            close(frontends[i].listen_fd);
-    }
-    free(frontends);
-}
+    char err[2048];
 
-static struct frontend *frontends_build(const struct conf *conf, char *err, size_t errsize)
-{
-    struct frontend *frontends = calloc(conf->nfrontends, sizeof(*frontends));
-
-    if (frontends == NULL) {
-        snprintf(err, errsize, "out of memory");
-        return NULL;
-    }
-    for (size_t i = 0; i < conf->nfrontends; i++)
-        frontends[i].listen_fd = -1;
     for (size_t i = 0; i < conf->nfrontends; i++) {
-        frontends[i].conf = &conf->frontends[i];
-        frontends[i].ctx = tlsctx_build(&conf->frontends[i], err, errsize);
-        if (frontends[i].ctx == NULL) {
-            frontends_free(frontends, conf->nfrontends);
-            return NULL;
+        SSL_CTX *ctx = tlsctx_build(&conf->frontends[i], err, sizeof(err));
+        if (ctx == NULL) {
+            fprintf(stderr, "sluice: %s\n", err);
+            return EXIT_BAD_CONFIG;
         }
+        SSL_CTX_free(ctx);
     }
-    return frontends;
+    printf("configuration OK\n");
+    return EXIT_SUCCESS;
 }
 
-/*
- * Each connection holds two descriptors (client and backend). Raise the soft limit to
- * what max-connections needs, as far as the hard limit allows; say so when it falls short,
- * since running out shows up later as paused accepts.
- */
-static void raise_fd_limit(const struct conf *conf)
+static void start_logging(const struct conf *conf)
 {
-    rlim_t wanted = (rlim_t)conf->max_connections * 2 + conf->nfrontends + 64;
-    struct rlimit limit;
+    char err[512];
 
-    if (getrlimit(RLIMIT_NOFILE, &limit) < 0) {
-        log_errno(LOG_LEVEL_WARNING, "getrlimit RLIMIT_NOFILE");
-        return;
-    }
-    if (limit.rlim_cur >= wanted)
-        return;
-    rlim_t old = limit.rlim_cur;
-    limit.rlim_cur =
-        limit.rlim_max == RLIM_INFINITY || limit.rlim_max >= wanted ? wanted : limit.rlim_max;
-    if (limit.rlim_cur > old && setrlimit(RLIMIT_NOFILE, &limit) < 0) {
-        log_errno(LOG_LEVEL_WARNING, "setrlimit RLIMIT_NOFILE to %llu",
-                  (unsigned long long)limit.rlim_cur);
-        limit.rlim_cur = old;
-    }
-    if (limit.rlim_cur < wanted)
-        log_warning("max-connections %u needs %llu file descriptors, the limit is %llu: "
-                    "raise it (ulimit -n, LimitNOFILE=) or lower max-connections",
-                    conf->max_connections, (unsigned long long)wanted,
-                    (unsigned long long)limit.rlim_cur);
+    log_stderr_nonblocking();
+    if (conf->syslog && log_open_syslog(conf->syslog_facility, err, sizeof(err)) < 0)
+        log_warning("syslog: %s (lines meant for it are dropped until it answers)", err);
 }
 
-static int frontends_listen(const struct conf *conf, struct frontend *frontends, char *err,
-                            size_t errsize)
+static int open_log_file(const struct conf *conf)
 {
-    int backlog = listen_backlog(conf->backlog);
+    char err[512];
 
-    for (size_t i = 0; i < conf->nfrontends; i++) {
-        frontends[i].listen_fd = listen_open(&conf->frontends[i], backlog, err, errsize);
-        if (frontends[i].listen_fd < 0)
-            return -1;
-        log_info("listening on %s for %s (backlog %d)", conf->frontends[i].listen_text,
-                 conf->frontends[i].backend_text, backlog);
+    if (conf->log_file[0] == '\0' || log_open_file(conf->log_file, err, sizeof(err)) == 0)
+        return 0;
+    fprintf(stderr, "sluice: %s: log-file %s\n", conf->path, err);
+    return -1;
+}
+
+/* Detach when asked, then record our pid: the daemon's, not the foreground caller's. */
+static int become_daemon(struct master *m, bool detach, const char *pidfile)
+{
+    char err[512];
+
+    if (detach && daemon_detach(err, sizeof(err)) < 0) {
+        fprintf(stderr, "sluice: %s\n", err);
+        return -1;
+    }
+    if (m->pidfile_fd >= 0 && pidfile_write(m->pidfile_fd, err, sizeof(err)) < 0) {
+        fprintf(stderr, "sluice: pidfile %s: %s\n", pidfile, err);
+        return -1;
     }
     return 0;
+}
+
+static void master_free(struct master *m, const char *pidfile)
+{
+    generation_free(m, m->current);
+    generation_free(m, m->old);
+    listen_close_all(&m->sockets);
+    shm_destroy(&m->shm, m->stats_file);
+    free(m->stats_file);
+    privileges_free(&m->privileges);
+    ticketkeys_wipe();
+    if (m->pidfile_fd >= 0)
+        pidfile_remove(pidfile, m->pidfile_fd);
+}
+
+/* Everything a master needs before its first fork; exit status on failure, else -1. */
+static int master_prepare(struct master *m, struct conf *conf)
+{
+    char err[2048];
+    bool socket_failed;
+
+    if (privileges_resolve(conf, &m->privileges, err, sizeof(err)) < 0 ||
+        ticketkeys_init(err, sizeof(err)) < 0) {
+        fprintf(stderr, "sluice: %s\n", err);
+        conf_free(conf);
+        return EXIT_BAD_CONFIG;
+    }
+    if (conf->pidfile[0] != '\0' &&
+        (m->pidfile_fd = pidfile_acquire(conf->pidfile, err, sizeof(err))) < 0) {
+        fprintf(stderr, "sluice: %s\n", err);
+        conf_free(conf);
+        return EXIT_STARTUP;
+    }
+    m->stats_file = strdup(conf->stats_file);
+    if (m->stats_file == NULL || open_log_file(conf) < 0) {
+        conf_free(conf);
+        return EXIT_STARTUP;
+    }
+    start_logging(conf);
+    master_raise_fd_limit(conf);
+    m->current = generation_build(m, conf, err, sizeof(err), &socket_failed);
+    if (m->current == NULL) {
+        fprintf(stderr, "sluice: %s\n", err);
+        return socket_failed ? EXIT_STARTUP : EXIT_BAD_CONFIG;
+    }
+    if (shm_create(&m->shm, m->stats_file, m->privileges.drop ? m->privileges.gid : (gid_t)-1,
+                   conf->handshake_permits, err, sizeof(err)) < 0) {
+        fprintf(stderr, "sluice: %s: %s\n", conf->path, err);
+        return EXIT_STARTUP;
+    }
+    listen_check_migrate_req();
+    return -1;
 }
 
 int main(int argc, char **argv)
 {
     struct options opts = {0};
+    struct master m = {.pidfile_fd = -1};
     char err[2048];
-    int status = EXIT_STARTUP;
 
     if (parse_options(argc, argv, &opts) < 0)
         return EXIT_BAD_CONFIG;
@@ -173,36 +209,31 @@ int main(int argc, char **argv)
         return EXIT_BAD_CONFIG;
     }
     log_set_level(conf->log_level);
-    struct frontend *frontends = frontends_build(conf, err, sizeof(err));
-    if (frontends == NULL) {
-        fprintf(stderr, "sluice: %s\n", err);
-        conf_free(conf);
-        return EXIT_BAD_CONFIG;
-    }
     if (opts.check_only) {
-        printf("configuration OK\n");
-        status = EXIT_SUCCESS;
-    } else if (opts.daemonize || (conf->daemon && !opts.foreground)) {
-        fprintf(stderr,
-                "sluice: %s: daemon mode is not available in this version; run with -F "
-                "under a supervisor\n",
-                conf->path);
-        status = EXIT_BAD_CONFIG;
-    } else if (signal(SIGPIPE, SIG_IGN) == SIG_ERR) {
-        fprintf(stderr, "sluice: cannot ignore SIGPIPE: %s\n", strerror(errno));
-    } else {
-        log_stderr_nonblocking();
-        if (geteuid() == 0)
-            log_warning("running as root: this version does not drop privileges (user, group "
-                        "and chroot have no effect yet); prefer an unprivileged user with "
-                        "CAP_NET_BIND_SERVICE");
-        raise_fd_limit(conf);
-        if (frontends_listen(conf, frontends, err, sizeof(err)) < 0)
-            fprintf(stderr, "sluice: %s\n", err);
-        else
-            status = worker_run(conf, frontends, conf->nfrontends);
+        int status = check_config(conf);
+        conf_free(conf);
+        return status;
     }
-    frontends_free(frontends, conf->nfrontends);
-    conf_free(conf);
+    if (signal(SIGPIPE, SIG_IGN) == SIG_ERR) {
+        fprintf(stderr, "sluice: cannot ignore SIGPIPE: %s\n", strerror(errno));
+        conf_free(conf);
+        return EXIT_STARTUP;
+    }
+    char *pidfile = strdup(conf->pidfile);
+    bool detach = opts.daemonize || (conf->daemon && !opts.foreground);
+    m.config_path = opts.config;
+    m.on_ready = daemon_ready;
+    int status = pidfile == NULL ? EXIT_STARTUP : master_prepare(&m, conf);
+    if (status < 0 && become_daemon(&m, detach, pidfile) < 0)
+        status = EXIT_STARTUP;
+    /* The loop is made after detaching, in the process that runs it. */
+    if (status < 0 && (m.loop = ev_default_loop(EVFLAG_AUTO)) == NULL) {
+        log_error("cannot initialise the event loop (bad LIBEV_FLAGS?)");
+        status = EXIT_STARTUP;
+    }
+    if (status < 0)
+        status = master_run(&m);
+    master_free(&m, pidfile);
+    free(pidfile);
     return status;
 }

@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "lib/log.h"
+#include "master/ticketkeys.h"
 
 #define CERT_EXPIRY_WARN_DAYS 30
 #define TLSCTX_MAX_KEY_TYPES 8
@@ -160,6 +161,10 @@ SSL_CTX *tlsctx_build(const struct conf_frontend *fe, char *err, size_t errsize)
     /* SSL_OP_NO_TICKET alone only makes TLS 1.3 tickets stateful: send none at all. */
     if (!fe->tls.session_tickets && !SSL_CTX_set_num_tickets(ctx, 0)) {
         tlsctx_fail(err, errsize, fe->origin, "cannot turn session tickets off");
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    if (fe->tls.session_tickets && ticketkeys_install(ctx, err, errsize) < 0) {
         SSL_CTX_free(ctx);
         return NULL;
     }

@@ -26,6 +26,7 @@ struct listener {
     ev_io io;
     struct worker *worker;
     struct frontend *fe;
+    int fd;
 };
 
 static void accept_set_nodelay(int fd, const struct sockaddr *sa)
@@ -67,8 +68,7 @@ static bool accept_one(struct listener *l)
     struct sockaddr_storage ss;
     socklen_t sslen = sizeof(ss);
 
-    int fd =
-        accept4(l->fe->listen_fd, (struct sockaddr *)&ss, &sslen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    int fd = accept4(l->fd, (struct sockaddr *)&ss, &sslen, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
         switch (errno) {
         case EAGAIN:
@@ -136,24 +136,70 @@ static void accept_backoff_cb(struct ev_loop *loop, ev_timer *timer, int revents
     accept_update(w);
 }
 
-int accept_start(struct worker *w)
+/* Watch slot's socket of every frontend: a worker's own slot, or one it adopted. */
+static int accept_add_slot(struct worker *w, unsigned slot)
 {
-    w->listeners = calloc(w->nfrontends, sizeof(*w->listeners));
-    if (w->listeners == NULL) {
-        log_error("out of memory for %zu listeners", w->nfrontends);
+    struct listener *set = calloc(w->nfrontends, sizeof(*set));
+
+    if (set == NULL) {
+        log_error("out of memory for the listeners of slot %u", slot);
         return -1;
     }
     for (size_t i = 0; i < w->nfrontends; i++) {
-        struct listener *l = &w->listeners[i];
+        struct listener *l = &set[i];
         l->worker = w;
         l->fe = &w->frontends[i];
-        ev_io_init(&l->io, accept_cb, l->fe->listen_fd, EV_READ);
+        l->fd = l->fe->listen_fds[slot];
+        ev_io_init(&l->io, accept_cb, l->fd, EV_READ);
         l->io.data = l;
+    }
+    w->listeners[slot] = set;
+    return 0;
+}
+
+static void accept_remove_slot(struct worker *w, unsigned slot)
+{
+    struct listener *set = w->listeners[slot];
+
+    if (set == NULL)
+        return;
+    for (size_t i = 0; i < w->nfrontends; i++)
+        ev_io_stop(w->loop, &set[i].io);
+    free(set);
+    w->listeners[slot] = NULL;
+}
+
+int accept_start(struct worker *w)
+{
+    w->listeners = calloc(w->spec->nslots, sizeof(*w->listeners));
+    if (w->listeners == NULL) {
+        log_error("out of memory for %u listener slots", w->spec->nslots);
+        return -1;
     }
     ev_init(&w->accept_backoff_timer, accept_backoff_cb);
     w->accept_backoff_timer.data = w;
+    if (accept_add_slot(w, w->spec->slot) < 0)
+        return -1;
     accept_update(w);
     return 0;
+}
+
+void accept_adopt(struct worker *w, unsigned slot)
+{
+    if (slot >= w->spec->nslots || slot == w->spec->slot || w->listeners[slot] != NULL)
+        return;
+    if (accept_add_slot(w, slot) == 0) {
+        log_info("accepting on the sockets of slot %u too while its worker is down", slot);
+        accept_update(w);
+    }
+}
+
+void accept_release(struct worker *w, unsigned slot)
+{
+    if (slot >= w->spec->nslots || slot == w->spec->slot || w->listeners[slot] == NULL)
+        return;
+    accept_remove_slot(w, slot);
+    log_info("no longer accepting on the sockets of slot %u", slot);
 }
 
 void accept_update(struct worker *w)
@@ -161,11 +207,14 @@ void accept_update(struct worker *w)
     bool want = !w->draining && !w->accept_backoff && w->nconns < w->conf->max_connections;
 
     w->accept_full = w->nconns >= w->conf->max_connections;
-    for (size_t i = 0; w->listeners != NULL && i < w->nfrontends; i++) {
-        if (want)
-            ev_io_start(w->loop, &w->listeners[i].io);
-        else
-            ev_io_stop(w->loop, &w->listeners[i].io);
+    for (unsigned slot = 0; w->listeners != NULL && slot < w->spec->nslots; slot++) {
+        struct listener *set = w->listeners[slot];
+        for (size_t i = 0; set != NULL && i < w->nfrontends; i++) {
+            if (want)
+                ev_io_start(w->loop, &set[i].io);
+            else
+                ev_io_stop(w->loop, &set[i].io);
+        }
     }
 }
 
@@ -180,8 +229,8 @@ void accept_free(struct worker *w)
 {
     if (w->listeners == NULL)
         return;
-    for (size_t i = 0; i < w->nfrontends; i++)
-        ev_io_stop(w->loop, &w->listeners[i].io);
+    for (unsigned slot = 0; slot < w->spec->nslots; slot++)
+        accept_remove_slot(w, slot);
     ev_timer_stop(w->loop, &w->accept_backoff_timer);
     free(w->listeners);
     w->listeners = NULL;

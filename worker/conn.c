@@ -16,8 +16,10 @@
 #include <unistd.h>
 
 #include "conf/addr.h"
+#include "shm/permits.h"
 #include "worker/backend.h"
 #include "worker/handshake.h"
+#include "worker/permit.h"
 #include "worker/relay.h"
 #include "worker/worker.h"
 
@@ -157,6 +159,7 @@ void conn_close(struct conn *c, enum conn_end end, const char *fmt, ...)
              "connection closed: %s%s%s (state %s, %llu bytes in, %llu out)", conn_ends[end].what,
              detail[0] ? ": " : "", detail, conn_state_name(c->state), c->c2b.bytes, c->b2c.bytes);
     conn_count_end(w, end);
+    permit_release(c);
     /* Best effort and nonblocking: a client that cannot take the alert now loses nothing. */
     if (conn_ends[end].notify_client && c->state != CONN_HANDSHAKE &&
         !(SSL_get_shutdown(c->client.ssl) & SSL_SENT_SHUTDOWN)) {
@@ -269,6 +272,7 @@ void conn_new(struct worker *w, struct frontend *fe, int fd, const struct sockad
     }
     c->worker = w;
     c->fe = fe;
+    c->permit = PERMIT_NONE;
     addr_format(sa, salen, c->peer, sizeof(c->peer));
     conn_init_endpoint(c, &c->client, "client");
     conn_init_endpoint(c, &c->backend, "backend");

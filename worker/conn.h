@@ -3,6 +3,7 @@
 
 #include <ev.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <sys/socket.h>
 
 #include "lib/log.h"
@@ -65,6 +66,9 @@ struct conn {
     unsigned long long transitions; /* state changes, which count as progress */
     unsigned spurious_streak;
     bool hello_seen;
+    bool parked; /* waiting for a handshake permit */
+    struct conn *park_prev, *park_next;
+    uint32_t permit; /* permit cell held, or PERMIT_NONE */
     char peer[64];
 };
 

@@ -13,9 +13,13 @@
 #include "lib/log.h"
 #include "worker/backend.h"
 #include "worker/conn.h"
+#include "worker/permit.h"
 #include "worker/worker.h"
 
-/* Marks the moment the ClientHello is in: before it, a close is an abort, not a failure. */
+/*
+ * The ClientHello is in: from here the handshake costs real work, so it needs a permit.
+ * Before it, a close is an abort, not a failure.
+ */
 static int handshake_client_hello_cb(SSL *ssl, int *alert, void *arg)
 {
     struct conn *c = SSL_get_app_data(ssl);
@@ -23,7 +27,7 @@ static int handshake_client_hello_cb(SSL *ssl, int *alert, void *arg)
     (void)alert;
     (void)arg;
     c->hello_seen = true;
-    return SSL_CLIENT_HELLO_SUCCESS;
+    return permit_acquire(c) ? SSL_CLIENT_HELLO_SUCCESS : SSL_CLIENT_HELLO_RETRY;
 }
 
 void handshake_setup_ctx(SSL_CTX *ctx)
@@ -72,6 +76,7 @@ int handshake_step(struct conn *c)
     int rc = SSL_do_handshake(ssl);
     int saved_errno = errno;
     if (rc == 1) {
+        permit_release(c);
         c->worker->stats.handshakes_ok++;
         handshake_log_success(c);
         conn_watch(c, &c->client, 0);
@@ -83,6 +88,10 @@ int handshake_step(struct conn *c)
         return 0;
     case SSL_ERROR_WANT_WRITE:
         conn_watch(c, &c->client, EV_WRITE);
+        return 0;
+    case SSL_ERROR_WANT_CLIENT_HELLO_CB:
+        /* Parked for a permit: the ClientHello is read, nothing to wait for on the socket. */
+        conn_watch(c, &c->client, 0);
         return 0;
     default:
         break;

@@ -1,19 +1,24 @@
 /*
- * A worker: one libev loop serving every frontend it was handed. In this version the
- * process that parsed the config runs one worker in-process; the master/worker split
- * keeps this file as the worker's whole life.
+ * A worker: one libev loop serving its slot's listening sockets (and an orphaned slot's
+ * when the master asks), beating its heart to the master over the control channel.
+ * It drains and exits when retired, signalled, or when its master is gone.
  */
 #include "config.h"
 
 #include "worker/worker.h"
 
+#include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <unistd.h>
 
+#include "lib/control.h"
 #include "lib/log.h"
 #include "worker/accept.h"
 #include "worker/conn.h"
+#include "worker/fault.h"
 #include "worker/handshake.h"
+#include "worker/permit.h"
 
 void worker_conn_added(struct worker *w, struct conn *c)
 {
@@ -57,7 +62,7 @@ static void worker_drain_timeout_cb(struct ev_loop *loop, ev_timer *timer, int r
     ev_break(loop, EVBREAK_ALL);
 }
 
-/* TERM/INT: stop accepting, let what is in flight finish, but never past drain-timeout. */
+/* Stop accepting, let what is in flight finish, but never past drain-timeout. */
 static void worker_drain(struct worker *w, const char *why)
 {
     if (w->draining)
@@ -91,13 +96,8 @@ static void worker_signal_cb(struct ev_loop *loop, ev_signal *sig, int revents)
         worker_close_all(w);
         ev_break(loop, EVBREAK_ALL);
         break;
-    case SIGHUP:
-        log_warning("SIGHUP: this version cannot reload; restart sluice to apply changes");
-        break;
-    case SIGUSR1:
-        log_info("SIGUSR1: nothing to reopen, this version logs to standard error only");
-        break;
     default:
+        /* HUP and USR1 are the master's business (pkill may send them to us too). */
         break;
     }
 }
@@ -130,44 +130,172 @@ static void worker_unwatch_signals(struct worker *w)
     }
 }
 
+/* Single writer (this worker), so plain stores; readers see each counter whole. */
+static void worker_publish_stats(const struct worker *w)
+{
+    struct shm_counters *out = &w->spec->shm->slots[w->spec->shm_slot].counters;
+    const struct worker_stats *s = &w->stats;
+
+    atomic_store_explicit(&out->accepted, s->accepted, memory_order_relaxed);
+    atomic_store_explicit(&out->handshakes_ok, s->handshakes_ok, memory_order_relaxed);
+    atomic_store_explicit(&out->handshakes_failed, s->handshakes_failed, memory_order_relaxed);
+    atomic_store_explicit(&out->handshake_timeouts, s->handshake_timeouts, memory_order_relaxed);
+    atomic_store_explicit(&out->handshakes_aborted, s->handshakes_aborted, memory_order_relaxed);
+    atomic_store_explicit(&out->permit_waits, s->permit_waits, memory_order_relaxed);
+    atomic_store_explicit(&out->backend_failures, s->backend_failures, memory_order_relaxed);
+    atomic_store_explicit(&out->bytes_client_to_backend, s->bytes_client_to_backend,
+                          memory_order_relaxed);
+    atomic_store_explicit(&out->bytes_backend_to_client, s->bytes_backend_to_client,
+                          memory_order_relaxed);
+    atomic_store_explicit(&out->wakeups, s->wakeups, memory_order_relaxed);
+    atomic_store_explicit(&out->spurious_wakeups, s->spurious_wakeups, memory_order_relaxed);
+    atomic_store_explicit(&out->active_connections, w->nconns, memory_order_relaxed);
+}
+
 static void worker_log_stats(const struct worker *w)
 {
     const struct worker_stats *s = &w->stats;
 
     log_info("stats: accepted=%llu handshakes_ok=%llu handshakes_failed=%llu "
-             "handshake_timeouts=%llu handshakes_aborted=%llu backend_failures=%llu "
-             "bytes_client_to_backend=%llu bytes_backend_to_client=%llu wakeups=%llu "
-             "spurious_wakeups=%llu log_lines_dropped=%lu",
+             "handshake_timeouts=%llu handshakes_aborted=%llu permit_waits=%llu "
+             "backend_failures=%llu bytes_client_to_backend=%llu bytes_backend_to_client=%llu "
+             "wakeups=%llu spurious_wakeups=%llu log_lines_dropped=%lu",
              s->accepted, s->handshakes_ok, s->handshakes_failed, s->handshake_timeouts,
-             s->handshakes_aborted, s->backend_failures, s->bytes_client_to_backend,
-             s->bytes_backend_to_client, s->wakeups, s->spurious_wakeups, log_dropped_lines());
+             s->handshakes_aborted, s->permit_waits, s->backend_failures,
+             s->bytes_client_to_backend, s->bytes_backend_to_client, s->wakeups,
+             s->spurious_wakeups, log_dropped_lines());
 }
 
-int worker_run(const struct conf *conf, struct frontend *frontends, size_t nfrontends)
+/*
+ * The first beat says "ready": it is sent from inside the running loop. A beat the
+ * master cannot take now (EAGAIN) is skipped; the next one will do.
+ */
+static void worker_heartbeat_cb(struct ev_loop *loop, ev_timer *timer, int revents)
+{
+    struct worker *w = timer->data;
+    enum control_type type = w->ready_sent ? CONTROL_HEARTBEAT : CONTROL_READY;
+
+    (void)loop;
+    (void)revents;
+    atomic_store_explicit(&w->spec->shm->slots[w->spec->shm_slot].heartbeat_ms, shm_now_ms(),
+                          memory_order_relaxed);
+    worker_publish_stats(w);
+    if (control_send(w->spec->control_fd, type, 0, -1) < 0) {
+        if (errno != EAGAIN)
+            log_errno(LOG_LEVEL_WARNING, "control channel: cannot send %s",
+                      control_type_name(type));
+        return;
+    }
+    if (!w->ready_sent) {
+        w->ready_sent = true;
+        fault_after_ready(w->loop, w->spec->slot);
+    }
+}
+
+static void worker_on_control(struct worker *w, const struct control_msg *msg, int fd)
+{
+    switch (msg->type) {
+    case CONTROL_RETIRE:
+        worker_drain(w, "retired by the master");
+        break;
+    case CONTROL_ADOPT:
+        accept_adopt(w, msg->arg);
+        break;
+    case CONTROL_RELEASE:
+        accept_release(w, msg->arg);
+        break;
+    case CONTROL_LOG_FILE:
+        if (fd >= 0) {
+            log_adopt_file_fd(fd);
+            fd = -1;
+        }
+        break;
+    default:
+        log_warning("control channel: unexpected message %s", control_type_name(msg->type));
+        break;
+    }
+    if (fd >= 0)
+        close(fd);
+}
+
+/* EOF on the channel means the master is gone: never serve beside a new one. */
+static void worker_control_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+    struct worker *w = io->data;
+    struct control_msg msg;
+    int fd;
+
+    (void)revents;
+    for (;;) {
+        int rc = control_recv(io->fd, &msg, &fd);
+        if (rc > 0) {
+            worker_on_control(w, &msg, fd);
+            continue;
+        }
+        if (rc < 0 && errno == EAGAIN)
+            return;
+        if (rc < 0 && errno == EBADMSG) {
+            log_warning("control channel: malformed message dropped");
+            continue;
+        }
+        if (rc < 0)
+            log_errno(LOG_LEVEL_WARNING, "control channel");
+        ev_io_stop(loop, io);
+        worker_drain(w, "the master is gone");
+        return;
+    }
+}
+
+static void worker_watch_master(struct worker *w)
+{
+    ev_io_init(&w->control_io, worker_control_cb, w->spec->control_fd, EV_READ);
+    w->control_io.data = w;
+    ev_io_start(w->loop, &w->control_io);
+    ev_unref(w->loop);
+    ev_timer_init(&w->heartbeat_timer, worker_heartbeat_cb, 0, w->conf->heartbeat_interval);
+    w->heartbeat_timer.data = w;
+    ev_timer_start(w->loop, &w->heartbeat_timer);
+    ev_unref(w->loop);
+}
+
+static void worker_unwatch_master(struct worker *w)
+{
+    ev_ref(w->loop);
+    ev_io_stop(w->loop, &w->control_io);
+    ev_ref(w->loop);
+    ev_timer_stop(w->loop, &w->heartbeat_timer);
+}
+
+int worker_main(const struct worker_spec *spec)
 {
     struct worker w = {
-        .conf = conf,
-        .frontends = frontends,
-        .nfrontends = nfrontends,
+        .spec = spec,
+        .conf = spec->conf,
+        .frontends = spec->frontends,
+        .nfrontends = spec->nfrontends,
+        .loop = EV_DEFAULT,
     };
 
-    w.loop = ev_default_loop(EVFLAG_AUTO);
-    if (w.loop == NULL) {
-        log_error("cannot initialise the event loop (bad LIBEV_FLAGS?)");
+    fault_at_start(spec->slot);
+    for (size_t i = 0; i < w.nfrontends; i++)
+        handshake_setup_ctx(w.frontends[i].ctx);
+    permit_init(&w);
+    worker_watch_signals(&w);
+    spec->forget_parent(spec->forget_parent_arg);
+    if (accept_start(&w) < 0) {
+        worker_unwatch_signals(&w);
+        accept_free(&w);
         return 2;
     }
-    for (size_t i = 0; i < nfrontends; i++)
-        handshake_setup_ctx(frontends[i].ctx);
-    if (accept_start(&w) < 0)
-        return 2;
-    worker_watch_signals(&w);
-    log_info("sluice " PACKAGE_VERSION " ready");
+    worker_watch_master(&w);
     ev_run(w.loop, 0);
     ev_timer_stop(w.loop, &w.drain_timer);
     worker_close_all(&w);
+    permit_stop(&w);
     accept_free(&w);
+    worker_unwatch_master(&w);
     worker_unwatch_signals(&w);
+    worker_publish_stats(&w);
     worker_log_stats(&w);
-    ev_loop_destroy(w.loop);
     return 0;
 }

@@ -1,0 +1,77 @@
+#ifndef SLUICE_MASTER_H
+#define SLUICE_MASTER_H
+
+/*
+ * The master's state: a process table of slots per generation (nginx ngx_processes[],
+ * hitch worker_gen), the listening sockets, the shared segment, and what it needs to
+ * reload, restart and stop workers.
+ */
+#include <ev.h>
+#include <stdbool.h>
+#include <sys/types.h>
+
+#include "conf/conf.h"
+#include "master/listen.h"
+#include "master/privileges.h"
+#include "shm/segment.h"
+#include "worker/worker.h"
+
+struct generation;
+struct master;
+
+/* One worker process in one slot. */
+struct proc {
+    struct master *master;
+    struct generation *gen;
+    unsigned slot;
+    pid_t pid;      /* 0: none running */
+    int control_fd; /* the master's end of the control channel, -1 when none */
+    ev_io control_io;
+    ev_tstamp started, last_heard;
+    bool ready;
+    bool killed_stuck;
+    /* crash backoff: deaths soon after start, in a row */
+    unsigned quick_deaths;
+    ev_timer restart_timer;
+    int adopted_by; /* the slot serving this one's sockets while it is down, or -1 */
+};
+
+struct generation {
+    unsigned id;
+    struct conf *conf;
+    struct frontend *frontends;
+    size_t nfrontends;
+    unsigned nslots;
+    struct proc *procs; /* one per slot */
+    bool retiring;
+    bool announced; /* "ready" logged once every slot was served */
+};
+
+struct master {
+    struct ev_loop *loop;
+    const char *config_path;
+    struct generation *current; /* serving, and the one restarted on deaths */
+    struct generation *old;     /* retired, draining; NULL when none */
+    struct listen_set sockets;
+    struct shm shm;
+    char *stats_file; /* fixed at start: not reloadable */
+    int pidfile_fd;
+    struct privileges privileges;
+    unsigned next_generation;
+    bool shutting_down;
+    bool reload_pending;
+    ev_signal sig_hup, sig_term, sig_int, sig_quit, sig_usr1;
+    ev_child child_watcher;
+    ev_timer watchdog_timer;
+    ev_timer shutdown_timer;
+    void (*on_ready)(void); /* once, when the first generation serves */
+};
+
+/* Serve until TERM/INT/QUIT: the master's loop. Returns the exit status. */
+int master_run(struct master *m);
+/* HUP: build the next generation from the config file, or keep the running one. */
+void master_reload(struct master *m);
+/* Raise RLIMIT_NOFILE towards what max-connections needs, and say when it falls short. */
+void master_raise_fd_limit(const struct conf *conf);
+
+#endif

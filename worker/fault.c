@@ -1,0 +1,53 @@
+/* Test-only faults; this file is compiled only with --enable-fault-injection. */
+#include "config.h"
+
+#include "worker/fault.h"
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lib/log.h"
+
+#define FAULT_HANG_AFTER 0.5 /* seconds after ready, so the master has seen the worker live */
+
+static bool fault_wanted(const char *name, unsigned slot)
+{
+    const char *spec = getenv("SLUICE_FAULT");
+    char want[64];
+
+    if (spec == NULL)
+        return false;
+    snprintf(want, sizeof(want), "%s:%u", name, slot);
+    return strcmp(spec, want) == 0;
+}
+
+void fault_at_start(unsigned slot)
+{
+    if (fault_wanted("start-exit", slot)) {
+        log_warning("fault injection: slot %u exits at start", slot);
+        exit(3);
+    }
+}
+
+static void fault_hang_cb(struct ev_loop *loop, ev_timer *timer, int revents)
+{
+    (void)loop;
+    (void)timer;
+    (void)revents;
+    log_warning("fault injection: hanging the loop");
+    for (;;)
+        ;
+}
+
+void fault_after_ready(struct ev_loop *loop, unsigned slot)
+{
+    static ev_timer hang;
+
+    if (!fault_wanted("hang", slot))
+        return;
+    ev_timer_init(&hang, fault_hang_cb, FAULT_HANG_AFTER, 0);
+    ev_timer_start(loop, &hang);
+    ev_unref(loop);
+}
