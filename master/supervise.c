@@ -568,6 +568,8 @@ void supervise_shutdown(struct master *m, bool drain)
         deadline = m->old->conf->drain_timeout;
     m->shutting_down = true;
     m->reload_pending = false;
+    /* Nobody will accept again: with the workers' copies closed too, new clients are refused. */
+    listen_close_all(&m->sockets);
     if (drain) {
         supervise_retire(m, m->current);
         if (m->old != NULL)

@@ -186,7 +186,8 @@ int accept_start(struct worker *w)
 
 void accept_adopt(struct worker *w, unsigned slot)
 {
-    if (slot >= w->spec->nslots || slot == w->spec->slot || w->listeners[slot] != NULL)
+    if (w->draining || slot >= w->spec->nslots || slot == w->spec->slot ||
+        w->listeners[slot] != NULL)
         return;
     if (accept_add_slot(w, slot) == 0) {
         log_info("accepting on the sockets of slot %u too while its worker is down", slot);
@@ -218,11 +219,25 @@ void accept_update(struct worker *w)
     }
 }
 
+/*
+ * Draining for good: also close this process's copies of the listening sockets, so that
+ * once the master lets go of them too (shutdown) new clients are refused at once instead
+ * of waiting in a queue nobody reads. A reload's new generation and the master keep
+ * theirs open, so retiring workers take nothing away from them.
+ */
 void accept_stop(struct worker *w)
 {
     w->draining = true;
     ev_timer_stop(w->loop, &w->accept_backoff_timer);
     accept_update(w);
+    for (size_t i = 0; i < w->nfrontends; i++) {
+        for (unsigned slot = 0; slot < w->spec->nslots; slot++) {
+            int *fd = &w->frontends[i].listen_fds[slot];
+            if (*fd >= 0 && close(*fd) < 0)
+                log_errno(LOG_LEVEL_WARNING, "close listening socket");
+            *fd = -1;
+        }
+    }
 }
 
 void accept_free(struct worker *w)

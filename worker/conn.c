@@ -42,7 +42,8 @@ static const struct {
     [END_CLOSE_TIMEOUT] = {"close timeout", LOG_LEVEL_INFO, false},
     [END_SPINNING] = {"spinning", LOG_LEVEL_WARNING, false},
     [END_NO_RESOURCES] = {"out of resources", LOG_LEVEL_ERROR, true},
-    [END_SHUTDOWN] = {"shutdown", LOG_LEVEL_INFO, true},
+    /* Cut at drain-timeout: a close_notify would make a truncated stream look complete. */
+    [END_SHUTDOWN] = {"shutdown", LOG_LEVEL_INFO, false},
 };
 
 static const char *const conn_state_names[] = {
