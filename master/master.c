@@ -103,9 +103,11 @@ void master_reload(struct master *m)
 
     if (m->shutting_down)
         return;
-    if (m->old != NULL) {
-        if (!m->reload_pending)
+    if (m->old != NULL || !m->current->announced) {
+        if (!m->reload_pending && m->old != NULL)
             log_info("reload deferred until generation %u has drained", m->old->id);
+        else if (!m->reload_pending)
+            log_info("reload deferred until generation %u serves", m->current->id);
         m->reload_pending = true;
         return;
     }
@@ -127,7 +129,7 @@ void master_reload(struct master *m)
     atomic_store(&m->shm.header->generation, gen->id);
     m->old = m->current;
     m->current = gen;
-    supervise_start(gen);
+    supervise_start(m, gen);
     supervise_grace(m); /* the time spent loading certificates was ours, not the workers' */
 }
 
@@ -202,10 +204,10 @@ int master_run(struct master *m)
     atomic_store(&m->shm.header->generation, m->current->id);
     master_watch_signals(m);
     supervise_init(m);
-    supervise_start(m->current);
+    supervise_start(m, m->current);
     ev_run(m->loop, 0);
     supervise_stop(m);
     master_unwatch_signals(m);
     log_info("exiting");
-    return EXIT_SUCCESS;
+    return m->exit_status;
 }

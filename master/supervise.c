@@ -22,11 +22,13 @@
 #include "master/generation.h"
 #include "shm/permits.h"
 
-#define QUICK_DEATH_WINDOW 10.0 /* a worker dying sooner than this after start died at start */
-#define BACKOFF_FIRST 0.2       /* seconds before the second quick restart in a row */
+#define QUICK_DEATH_WINDOW 2.0 /* dying before ready, or this soon after start, is a crash loop */
+#define BACKOFF_FIRST 0.2      /* seconds before the second quick restart in a row */
 #define BACKOFF_MAX 30.0
 #define SHUTDOWN_GRACE 5.0  /* seconds past drain-timeout before the master kills what is left */
 #define EXIT_WORKER_SETUP 4 /* a worker that could not set itself up (privileges, memory) */
+#define EXIT_STARTUP 2
+#define START_DEADLINE_MIN 10.0 /* seconds a new generation gets to serve every slot */
 
 static unsigned proc_shm_slot(const struct proc *p)
 {
@@ -35,6 +37,20 @@ static unsigned proc_shm_slot(const struct proc *p)
 
 static void supervise_spawn(struct proc *p);
 static void supervise_check_served(struct master *m, struct generation *gen);
+static void supervise_run_pending_reload(struct master *m);
+
+static void supervise_stop_restarts(struct master *m, struct generation *gen)
+{
+    for (unsigned s = 0; gen != NULL && s < gen->nslots; s++)
+        ev_timer_stop(m->loop, &gen->procs[s].restart_timer);
+}
+
+static double supervise_start_deadline(const struct conf *conf)
+{
+    double deadline = 2 * conf->watchdog_timeout;
+
+    return deadline > START_DEADLINE_MIN ? deadline : START_DEADLINE_MIN;
+}
 
 /* --- the child side of a fork ------------------------------------------------------- */
 
@@ -45,6 +61,7 @@ static void supervise_forget_io(struct master *m)
     ev_child_stop(m->loop, &m->child_watcher);
     ev_timer_stop(m->loop, &m->watchdog_timer);
     ev_timer_stop(m->loop, &m->shutdown_timer);
+    ev_timer_stop(m->loop, &m->start_timer);
     for (size_t g = 0; g < 2; g++) {
         for (unsigned s = 0; gens[g] != NULL && s < gens[g]->nslots; s++) {
             struct proc *q = &gens[g]->procs[s];
@@ -155,6 +172,7 @@ static void supervise_adopt(struct master *m, struct proc *p)
     p->adopted_by = (int)q->slot;
     log_info("worker %u (pid %ld) adopts the listening sockets of slot %u while %u is down",
              q->slot, (long)q->pid, p->slot, p->slot);
+    supervise_check_served(m, p->gen);
 }
 
 static void supervise_release_adoption(struct proc *p)
@@ -267,6 +285,8 @@ static void supervise_spawn(struct proc *p)
     int fds[2];
     char who[96];
 
+    if (m->shutting_down)
+        return;
     if (control_pair(fds) < 0) {
         log_errno(LOG_LEVEL_ERROR, "worker %u: socketpair", p->slot);
         supervise_schedule_restart(m, p, 1.0, "no control channel");
@@ -297,14 +317,20 @@ static void supervise_spawn(struct proc *p)
     log_debug("%s started", proc_describe(p, who, sizeof(who)));
 }
 
-void supervise_start(struct generation *gen)
+void supervise_start(struct master *m, struct generation *gen)
 {
+    /* An older generation only drains from now on: none of its slots is restarted. */
+    supervise_stop_restarts(m, m->old);
     for (unsigned s = 0; s < gen->nslots; s++) {
         struct proc *p = &gen->procs[s];
         ev_init(&p->restart_timer, supervise_restart_cb);
         p->restart_timer.data = p;
-        supervise_spawn(p);
     }
+    ev_timer_stop(m->loop, &m->start_timer);
+    ev_timer_set(&m->start_timer, supervise_start_deadline(gen->conf), 0);
+    ev_timer_start(m->loop, &m->start_timer);
+    for (unsigned s = 0; s < gen->nslots; s++)
+        supervise_spawn(&gen->procs[s]);
 }
 
 /* --- generations ---------------------------------------------------------------------- */
@@ -334,35 +360,62 @@ static void supervise_check_served(struct master *m, struct generation *gen)
             return;
     }
     gen->announced = true;
-    if (m->old == NULL && gen->id == 1) {
+    ev_timer_stop(m->loop, &m->start_timer);
+    if (gen->id == 1) {
         log_info("sluice " PACKAGE_VERSION " ready (%u workers, generation %u)", gen->nslots,
                  gen->id);
         if (m->on_ready != NULL)
             m->on_ready();
-        return;
-    }
-    if (m->old == NULL) { /* the older generation died before it could be retired */
+    } else if (m->old == NULL) { /* the older generation died before it could be retired */
         log_info("reload: generation %u ready", gen->id);
-        return;
+    } else {
+        log_info("reload: generation %u ready, retiring generation %u", gen->id, m->old->id);
+        supervise_retire(m, m->old);
     }
-    log_info("reload: generation %u ready, retiring generation %u", gen->id, m->old->id);
-    supervise_retire(m, m->old);
+    supervise_run_pending_reload(m);
+}
+
+/* A HUP waits until one generation serves alone; this is where it stops waiting. */
+static void supervise_run_pending_reload(struct master *m)
+{
+    if (!m->reload_pending || m->shutting_down || m->old != NULL || !m->current->announced)
+        return;
+    m->reload_pending = false;
+    master_reload(m);
 }
 
 static void supervise_old_gone(struct master *m)
 {
     log_info("generation %u has exited", m->old->id);
+    supervise_stop_restarts(m, m->old);
     generation_free(m, m->old);
     m->old = NULL;
-    if (m->reload_pending && !m->shutting_down) {
-        m->reload_pending = false;
-        master_reload(m);
+    supervise_run_pending_reload(m);
+}
+
+/*
+ * Sockets only a retired generation used close now, not when its last connection ends:
+ * nobody accepts on them any more, and the kernel moves their queue to a live socket of
+ * the same address when net.ipv4.tcp_migrate_req is 1.
+ */
+static void supervise_release_unused_sockets(struct master *m, struct generation *gen)
+{
+    for (size_t i = 0; i < gen->nfrontends; i++) {
+        for (unsigned s = 0; s < gen->nslots; s++) {
+            int *fd = &gen->frontends[i].listen_fds[s];
+            if (*fd >= 0 && !generation_uses_fd(m->current, *fd)) {
+                listen_release(&m->sockets, *fd);
+                *fd = -1;
+            }
+        }
     }
 }
 
 void supervise_retire(struct master *m, struct generation *gen)
 {
     gen->retiring = true;
+    if (gen != m->current)
+        supervise_release_unused_sockets(m, gen);
     for (unsigned s = 0; s < gen->nslots; s++) {
         struct proc *p = &gen->procs[s];
         ev_timer_stop(m->loop, &p->restart_timer);
@@ -427,9 +480,9 @@ static void supervise_reassign_adoptions(struct master *m, struct proc *dead)
     }
 }
 
-static ev_tstamp supervise_backoff(struct proc *p, ev_tstamp now)
+static ev_tstamp supervise_backoff(struct proc *p, bool was_ready, ev_tstamp now)
 {
-    if (now - p->started >= QUICK_DEATH_WINDOW) {
+    if (was_ready && now - p->started >= QUICK_DEATH_WINDOW) {
         p->quick_deaths = 0;
         return 0;
     }
@@ -446,6 +499,7 @@ static void supervise_reaped(struct master *m, struct proc *p, int status)
 {
     char who[96], how[96], why[96];
     bool asked_to_stop = p->gen->retiring || m->shutting_down;
+    bool was_ready = p->ready;
 
     proc_describe(p, who, sizeof(who));
     describe_status(status, how, sizeof(how));
@@ -457,7 +511,7 @@ static void supervise_reaped(struct master *m, struct proc *p, int status)
     supervise_reassign_adoptions(m, p);
     /* Only the serving generation is restarted: an older one is on its way out anyway. */
     if (!asked_to_stop && p->gen == m->current) {
-        ev_tstamp delay = supervise_backoff(p, ev_now(m->loop));
+        ev_tstamp delay = supervise_backoff(p, was_ready, ev_now(m->loop));
         snprintf(why, sizeof(why), "died at start-up %u times in a row", p->quick_deaths);
         atomic_fetch_add(&m->shm.slots[proc_shm_slot(p)].restarts, 1);
         supervise_schedule_restart(m, p, delay, why);
@@ -506,13 +560,18 @@ static void supervise_check_heartbeat(struct master *m, struct proc *p, ev_tstam
 static void supervise_watchdog_cb(struct ev_loop *loop, ev_timer *timer, int revents)
 {
     struct master *m = timer->data;
-    struct generation *gens[] = {m->current, m->old};
 
     (void)revents;
     ev_tstamp now = ev_now(loop);
-    for (size_t g = 0; g < 2; g++)
-        for (unsigned s = 0; gens[g] != NULL && s < gens[g]->nslots; s++)
-            supervise_check_heartbeat(m, &gens[g]->procs[s], now);
+    for (int g = 0; g < 2; g++) {
+        struct generation *gen = g == 0 ? m->current : m->old;
+        for (unsigned s = 0; gen != NULL && s < gen->nslots; s++) {
+            supervise_check_heartbeat(m, &gen->procs[s], now);
+            /* Reading a beat can retire and free the older generation: look again. */
+            if (gen != (g == 0 ? m->current : m->old))
+                break;
+        }
+    }
     timer->repeat = m->current->conf->heartbeat_interval;
     ev_timer_again(loop, timer);
 }
@@ -527,8 +586,41 @@ void supervise_grace(struct master *m)
             gens[g]->procs[s].last_heard = ev_now(m->loop);
 }
 
+/*
+ * A generation that cannot serve every slot in time: at start-up, give up (exit 2, so a
+ * daemon's caller and an init system see it); after a reload, keep the one that serves.
+ */
+static void supervise_start_timeout_cb(struct ev_loop *loop, ev_timer *timer, int revents)
+{
+    struct master *m = timer->data;
+    struct generation *failed = m->current, *previous = m->old;
+
+    (void)loop;
+    (void)revents;
+    if (failed->announced || m->shutting_down)
+        return;
+    if (previous == NULL) {
+        log_error("no worker of generation %u could serve within %.0fs: giving up", failed->id,
+                  supervise_start_deadline(failed->conf));
+        m->exit_status = EXIT_STARTUP;
+        supervise_shutdown(m, false);
+        return;
+    }
+    log_error("reload: generation %u does not serve within %.0fs; generation %u keeps serving",
+              failed->id, supervise_start_deadline(failed->conf), previous->id);
+    m->current = previous;
+    m->old = failed;
+    atomic_store(&m->shm.header->generation, previous->id);
+    for (unsigned s = 0; s < previous->nslots; s++)
+        if (previous->procs[s].pid <= 0)
+            supervise_spawn(&previous->procs[s]);
+    supervise_retire(m, failed);
+}
+
 void supervise_init(struct master *m)
 {
+    ev_init(&m->start_timer, supervise_start_timeout_cb);
+    m->start_timer.data = m;
     ev_child_init(&m->child_watcher, supervise_child_cb, 0, 0);
     m->child_watcher.data = m;
     ev_child_start(m->loop, &m->child_watcher);
@@ -568,6 +660,9 @@ void supervise_shutdown(struct master *m, bool drain)
         deadline = m->old->conf->drain_timeout;
     m->shutting_down = true;
     m->reload_pending = false;
+    ev_timer_stop(m->loop, &m->start_timer);
+    supervise_stop_restarts(m, m->current);
+    supervise_stop_restarts(m, m->old);
     /* Nobody will accept again: with the workers' copies closed too, new clients are refused. */
     listen_close_all(&m->sockets);
     if (drain) {
@@ -582,6 +677,7 @@ void supervise_shutdown(struct master *m, bool drain)
         ev_break(m->loop, EVBREAK_ALL);
         return;
     }
+    ev_timer_stop(m->loop, &m->shutdown_timer); /* QUIT after TERM: the sooner deadline */
     ev_timer_init(&m->shutdown_timer, supervise_shutdown_timeout_cb, deadline + SHUTDOWN_GRACE, 0);
     m->shutdown_timer.data = m;
     ev_timer_start(m->loop, &m->shutdown_timer);
@@ -608,6 +704,7 @@ void supervise_stop(struct master *m)
     ev_child_stop(m->loop, &m->child_watcher);
     ev_timer_stop(m->loop, &m->watchdog_timer);
     ev_timer_stop(m->loop, &m->shutdown_timer);
+    ev_timer_stop(m->loop, &m->start_timer);
     for (size_t g = 0; g < 2; g++) {
         for (unsigned s = 0; gens[g] != NULL && s < gens[g]->nslots; s++) {
             struct proc *p = &gens[g]->procs[s];

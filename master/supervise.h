@@ -6,7 +6,7 @@
 /* Watch for dead and silent workers. */
 void supervise_init(struct master *m);
 /* Fork a worker into every slot of gen. */
-void supervise_start(struct generation *gen);
+void supervise_start(struct master *m, struct generation *gen);
 /* Tell gen's workers to stop accepting and drain; it is freed once the last one exits. */
 void supervise_retire(struct master *m, struct generation *gen);
 /* TERM/INT (drain) or QUIT (at once): stop every worker; the loop ends when all are gone. */

@@ -7,6 +7,29 @@
 
 #include "shm/permits.h"
 
+#include <stdbool.h>
+
+static uint32_t permits_held_in(const struct shm *shm, uint32_t from, uint32_t to)
+{
+    uint32_t held = 0;
+
+    for (uint32_t i = from; i < to && i < SHM_PERMITS_MAX; i++)
+        held += atomic_load_explicit(&shm->permit_cells[i], memory_order_relaxed) != 0;
+    return held;
+}
+
+/*
+ * After a reload lowered handshake-permits, handshakes may still hold cells past the new
+ * total: they count against it until they end, or the pool would over-admit meanwhile.
+ */
+static bool permits_over_total(const struct shm *shm, uint32_t total)
+{
+    uint32_t high = atomic_load_explicit(&shm->header->permits_high_water, memory_order_relaxed);
+    uint32_t beyond = high > total ? permits_held_in(shm, total, high) : 0;
+
+    return beyond > 0 && permits_held_in(shm, 0, total) + beyond >= total;
+}
+
 uint32_t permits_take(struct shm *shm, unsigned slot, uint32_t *hint)
 {
     uint32_t total = atomic_load_explicit(&shm->header->permits_total, memory_order_relaxed);
@@ -14,6 +37,8 @@ uint32_t permits_take(struct shm *shm, unsigned slot, uint32_t *hint)
 
     if (total > SHM_PERMITS_MAX)
         total = SHM_PERMITS_MAX;
+    if (permits_over_total(shm, total))
+        return PERMIT_NONE;
     for (uint32_t i = 0; i < total; i++) {
         uint32_t cell = (*hint + i) % total;
         uint32_t expected = 0;
@@ -53,10 +78,5 @@ unsigned permits_reclaim(struct shm *shm, unsigned slot)
 
 unsigned permits_in_use(const struct shm *shm)
 {
-    uint32_t scan = atomic_load(&shm->header->permits_high_water);
-    unsigned used = 0;
-
-    for (uint32_t i = 0; i < scan && i < SHM_PERMITS_MAX; i++)
-        used += atomic_load_explicit(&shm->permit_cells[i], memory_order_relaxed) != 0;
-    return used;
+    return permits_held_in(shm, 0, atomic_load(&shm->header->permits_high_water));
 }

@@ -12,20 +12,22 @@
 
 #define FAULT_HANG_AFTER 0.5 /* seconds after ready, so the master has seen the worker live */
 
-static bool fault_wanted(const char *name, unsigned slot)
+/* "NAME:SLOT" hits every generation's SLOT, "NAME:SLOT:GENERATION" only that generation's. */
+static bool fault_wanted(const char *name, unsigned slot, unsigned generation)
 {
     const char *spec = getenv("SLUICE_FAULT");
-    char want[64];
+    char any[64], one[64];
 
     if (spec == NULL)
         return false;
-    snprintf(want, sizeof(want), "%s:%u", name, slot);
-    return strcmp(spec, want) == 0;
+    snprintf(any, sizeof(any), "%s:%u", name, slot);
+    snprintf(one, sizeof(one), "%s:%u:%u", name, slot, generation);
+    return strcmp(spec, any) == 0 || strcmp(spec, one) == 0;
 }
 
-void fault_at_start(unsigned slot)
+void fault_at_start(unsigned slot, unsigned generation)
 {
-    if (fault_wanted("start-exit", slot)) {
+    if (fault_wanted("start-exit", slot, generation)) {
         log_warning("fault injection: slot %u exits at start", slot);
         exit(3);
     }
@@ -41,11 +43,11 @@ static void fault_hang_cb(struct ev_loop *loop, ev_timer *timer, int revents)
         ;
 }
 
-void fault_after_ready(struct ev_loop *loop, unsigned slot)
+void fault_after_ready(struct ev_loop *loop, unsigned slot, unsigned generation)
 {
     static ev_timer hang;
 
-    if (!fault_wanted("hang", slot))
+    if (!fault_wanted("hang", slot, generation))
         return;
     ev_timer_init(&hang, fault_hang_cb, FAULT_HANG_AFTER, 0);
     ev_timer_start(loop, &hang);

@@ -166,6 +166,23 @@ static void worker_log_stats(const struct worker *w)
              s->spurious_wakeups, log_dropped_lines());
 }
 
+/* The control watcher and the heartbeat do not keep the loop alive: ref before stopping. */
+static void worker_stop_heartbeat(struct worker *w)
+{
+    if (!ev_is_active(&w->heartbeat_timer))
+        return;
+    ev_ref(w->loop);
+    ev_timer_stop(w->loop, &w->heartbeat_timer);
+}
+
+static void worker_stop_control(struct worker *w)
+{
+    if (!ev_is_active(&w->control_io))
+        return;
+    ev_ref(w->loop);
+    ev_io_stop(w->loop, &w->control_io);
+}
+
 /*
  * The first beat says "ready": it is sent from inside the running loop. A beat the
  * master cannot take now (EAGAIN) is skipped; the next one will do.
@@ -181,14 +198,16 @@ static void worker_heartbeat_cb(struct ev_loop *loop, ev_timer *timer, int reven
                           memory_order_relaxed);
     worker_publish_stats(w);
     if (control_send(w->spec->control_fd, type, 0, -1) < 0) {
-        if (errno != EAGAIN)
-            log_errno(LOG_LEVEL_WARNING, "control channel: cannot send %s",
-                      control_type_name(type));
+        if (errno == EAGAIN)
+            return;
+        /* The master is gone (EPIPE): the control watcher sees the EOF and drains us. */
+        log_errno(LOG_LEVEL_WARNING, "control channel: cannot send %s", control_type_name(type));
+        worker_stop_heartbeat(w);
         return;
     }
     if (!w->ready_sent) {
         w->ready_sent = true;
-        fault_after_ready(w->loop, w->spec->slot);
+        fault_after_ready(w->loop, w->spec->slot, w->spec->generation);
     }
 }
 
@@ -205,10 +224,8 @@ static void worker_on_control(struct worker *w, const struct control_msg *msg, i
         accept_release(w, msg->arg);
         break;
     case CONTROL_LOG_FILE:
-        if (fd >= 0) {
-            log_adopt_file_fd(fd);
-            fd = -1;
-        }
+        log_adopt_file_fd(fd); /* none passed: the new config logs to no file */
+        fd = -1;
         break;
     default:
         log_warning("control channel: unexpected message %s", control_type_name(msg->type));
@@ -225,6 +242,7 @@ static void worker_control_cb(struct ev_loop *loop, ev_io *io, int revents)
     struct control_msg msg;
     int fd;
 
+    (void)loop;
     (void)revents;
     for (;;) {
         int rc = control_recv(io->fd, &msg, &fd);
@@ -240,7 +258,8 @@ static void worker_control_cb(struct ev_loop *loop, ev_io *io, int revents)
         }
         if (rc < 0)
             log_errno(LOG_LEVEL_WARNING, "control channel");
-        ev_io_stop(loop, io);
+        worker_stop_control(w);
+        worker_stop_heartbeat(w); /* nobody listens for it any more */
         worker_drain(w, "the master is gone");
         return;
     }
@@ -260,10 +279,8 @@ static void worker_watch_master(struct worker *w)
 
 static void worker_unwatch_master(struct worker *w)
 {
-    ev_ref(w->loop);
-    ev_io_stop(w->loop, &w->control_io);
-    ev_ref(w->loop);
-    ev_timer_stop(w->loop, &w->heartbeat_timer);
+    worker_stop_control(w);
+    worker_stop_heartbeat(w);
 }
 
 int worker_main(const struct worker_spec *spec)
@@ -276,7 +293,7 @@ int worker_main(const struct worker_spec *spec)
         .loop = EV_DEFAULT,
     };
 
-    fault_at_start(spec->slot);
+    fault_at_start(spec->slot, spec->generation);
     for (size_t i = 0; i < w.nfrontends; i++)
         handshake_setup_ctx(w.frontends[i].ctx);
     permit_init(&w);
