@@ -15,6 +15,11 @@ A test looks like:
     t.ok(rc == 0 and b"hello from app" in body, "HTTP request through sluice")
     t.done()          # stops sluice with SIGTERM, checks exit status, log, sanitizers
 
+sluice runs a master and workers: Sluice.worker_pids() (the master's children),
+ready_workers() ({slot: pid} from the log), wait_workers(n); stats() sums the stats line
+each worker logs at exit, worker_stats() gives them per pid. Tests run as root and the
+workers as nobody, so the folder is 0755 and the backends' Unix sockets 0666.
+
 The same file run as a script is the test backend: see backend_main() below.
 Environment: SLUICE, SLUICE_BACKEND, SLUICE_SRCDIR, SLUICE_TEST_TIME_FACTOR,
 SLUICE_KEEP_TMP=1 keeps the temporary folder.
@@ -54,7 +59,9 @@ SANITIZER_PATTERNS = [
 ]
 # One log line: "2026-11-25T18:00:00.123Z sluice[PID]: LEVEL: message"
 ERROR_LINE = re.compile(r"\bsluice\[\d+\]: error: ")
-STATS_LINE = re.compile(r"\bsluice\[\d+\]: info: stats: (.*)$")
+STATS_LINE = re.compile(r"\bsluice\[(\d+)\]: info: stats: (.*)$")
+WORKER_READY = re.compile(r"\bsluice\[\d+\]: info: worker (\d+) \(pid (\d+), generation \d+\) "
+                          r"ready\b")
 
 
 def scaled(seconds):
@@ -216,6 +223,102 @@ def _descendants(pid):
     return out
 
 
+def child_pids(pid):
+    """Direct children of pid (from /proc/PID/task/PID/children), sorted; [] if gone."""
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+            return sorted(int(x) for x in f.read().split())
+    except (OSError, ValueError):
+        pass
+    kids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open("/proc/%s/stat" % d) as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        kids.append(int(d))
+            except (OSError, IndexError, ValueError):
+                pass
+    return sorted(kids)
+
+
+def pid_state(pid):
+    """The state letter of /proc/PID/stat (R, S, T, Z...), or None if there is no such
+    process."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def pid_alive(pid):
+    """True while pid runs (or is stopped); False once it has exited, even if nobody has
+    reaped it yet (an orphan's zombie may linger under a non-reaping pid 1)."""
+    return pid_state(pid) not in (None, "Z", "X")
+
+
+def wait_pids_gone(pids, timeout):
+    """Wait until none of pids is alive; returns the list still alive ([] = all gone)."""
+    gone = wait_until(lambda: not [p for p in pids if pid_alive(p)], timeout)
+    return [] if gone else [p for p in pids if pid_alive(p)]
+
+
+def _tcp_inode(local_port, remote_port):
+    """Inode of the IPv4/IPv6 TCP socket local_port <-> remote_port (loopback), or None."""
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if (len(fields) > 9 and int(fields[1].rsplit(":", 1)[1], 16) == local_port
+                            and int(fields[2].rsplit(":", 1)[1], 16) == remote_port):
+                        inode = int(fields[9])
+                        if inode:
+                            return inode
+        except OSError:
+            pass
+    return None
+
+
+def server_socket_owner(client_sock, pids):
+    """Which of pids holds the server end of the TCP connection client_sock (a connected
+    client socket to a local server), found from /proc/net/tcp and /proc/PID/fd. Returns
+    the pid or None (not accepted yet, or held by none of pids)."""
+    try:
+        cport = client_sock.getsockname()[1]
+        sport = client_sock.getpeername()[1]
+    except OSError:
+        return None
+    inode = _tcp_inode(sport, cport)
+    if inode is None:
+        return None
+    want = "socket:[%d]" % inode
+    for pid in pids:
+        try:
+            fds = os.listdir("/proc/%d/fd" % pid)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink("/proc/%d/fd/%s" % (pid, fd)) == want:
+                    return pid
+            except OSError:
+                pass
+    return None
+
+
+def sluice_has_fault_injection():
+    """(True, "") if $SLUICE -V says "(fault injection)", else (False, reason)."""
+    rc, out, err, _ = run([SLUICE, "-V"], timeout=10)
+    text = (out + err).decode(errors="replace").strip()
+    if rc == 0 and "(fault injection)" in text:
+        return True, ""
+    return False, ("this sluice was built without --enable-fault-injection (sluice -V: %r)"
+                   % text)
+
+
 class NeverAccepts:
     """Listeners that never accept and whose queue is full, so a connect can't finish.
     tcp(): a new connect stays pending (SYN dropped) until the connector times out.
@@ -260,6 +363,7 @@ class NeverAccepts:
     def unix(self, path):
         lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         lst.bind(path)
+        os.chmod(path, 0o666)  # workers run as nobody when the tests run as root
         lst.listen(0)
         self.socks.append(lst)
         for _ in range(16):
@@ -282,6 +386,7 @@ def refused_unix_socket(path):
     """A unix socket file with nobody listening: connect gives ECONNREFUSED."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.bind(path)
+    os.chmod(path, 0o666)  # so a worker running as nobody sees the refusal, not EACCES
     s.close()
     return path
 
@@ -328,13 +433,14 @@ def conf_text(settings):
 
 
 class Sluice:
-    def __init__(self, test, conf, proc, logpath, ports):
+    def __init__(self, test, conf, proc, logpath, ports, log_offset=0):
         self.test = test
         self.conf = conf
         self.proc = proc
         self.pid = proc.pid
         self.logpath = logpath
         self.ports = ports
+        self.log_offset = log_offset  # size of the log file before this start
         self.checked = False
         self.exit_status = None
 
@@ -347,6 +453,16 @@ class Sluice:
 
     def log_lines(self):
         return self.log().splitlines()
+
+    def run_log_lines(self):
+        """The log lines written since this Sluice object started (the log file is
+        appended to, so an earlier run with the same name may precede them)."""
+        try:
+            with open(self.logpath, "rb") as f:
+                f.seek(self.log_offset)
+                return f.read().decode("utf-8", "replace").splitlines()
+        except OSError:
+            return []
 
     def wait_log(self, pattern, timeout=None, count=1):
         """Wait until pattern (regex) matches count lines; returns the matches or []."""
@@ -389,13 +505,66 @@ class Sluice:
             self.exit_status = self.proc.returncode
         return self.exit_status
 
-    def stats(self):
-        """The key=value stats line logged at exit, as a dict of ints ({} if absent)."""
-        for ln in reversed(self.log_lines()):
+    def _stats_lines(self):
+        """[(pid, {key: int})] for every stats line of this run, in log order."""
+        out = []
+        for ln in self.run_log_lines():
             m = STATS_LINE.search(ln)
             if m:
-                return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(1))}
-        return {}
+                out.append((int(m.group(1)),
+                            {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}))
+        return out
+
+    def worker_stats(self):
+        """{pid: {key: int}}: the stats line each worker of this run logged at exit."""
+        return {pid: d for pid, d in self._stats_lines() if pid != self.pid}
+
+    def stats(self):
+        """The key=value stats lines logged at exit by the workers of this run, summed,
+        as a dict of ints ({} if there are none). A build that serves from the master
+        process itself logs one line from the master pid: that one is used then."""
+        lines = self._stats_lines()
+        use = [d for pid, d in lines if pid != self.pid] or [d for _, d in lines[-1:]]
+        total = {}
+        for d in use:
+            for k, v in d.items():
+                total[k] = total.get(k, 0) + v
+        return total
+
+    # --- workers: children of the master process
+    def worker_pids(self):
+        """Pids of the master's live children (its workers), sorted; [] if it is gone."""
+        return [p for p in child_pids(self.pid) if pid_alive(p)]
+
+    def ready_workers(self):
+        """{slot: pid} from the "worker SLOT (pid P, generation G) ready" lines of this
+        run, the latest per slot."""
+        slots = {}
+        for ln in self.run_log_lines():
+            m = WORKER_READY.search(ln)
+            if m:
+                slots[int(m.group(1))] = int(m.group(2))
+        return slots
+
+    def slot_of(self, pid):
+        for slot, p in self.ready_workers().items():
+            if p == pid:
+                return slot
+        return None
+
+    def wait_workers(self, n, timeout=None, exclude=()):
+        """Wait until the master has exactly n live children, none of them in exclude and
+        each announced by a ready line. Returns their sorted pids, or [] on timeout."""
+        exclude = set(exclude)
+
+        def check():
+            kids = self.worker_pids()
+            ready = set(self.ready_workers().values())
+            if len(kids) == n and not exclude & set(kids) and all(k in ready for k in kids):
+                return kids
+            return None
+
+        return wait_until(check, timeout if timeout is not None else scaled(10)) or []
 
     def unexpected_errors(self, allow=()):
         rxs = [re.compile(a) for a in allow]
@@ -412,6 +581,15 @@ class Sluice:
         t = self.test
         rc = self.stop()
         t.ok(rc == 0, "%s exits 0 on SIGTERM (status %s)" % (what, rc))
+        self.check_log(allow_errors, what)
+        return rc
+
+    def check_log(self, allow_errors=(), what="sluice"):
+        """The log half of stop_and_check, for a sluice that was not stopped with SIGTERM
+        (e.g. its master was killed): no unexpected error line, no sanitizer report.
+        Marks it checked. Emits two TAP results."""
+        self.checked = True
+        t = self.test
         errs = self.unexpected_errors(allow_errors)
         t.ok(not errs, "%s log holds no unexpected error line" % what)
         for ln in errs[:20]:
@@ -420,7 +598,7 @@ class Sluice:
         t.ok(not san, "%s log holds no sanitizer report" % what)
         if san:
             t.diag_log(self.log(), 80)
-        return rc
+        return not errs and not san
 
 
 # ---------------------------------------------------------------------------------------
@@ -624,8 +802,13 @@ class Test:
 
     def write_config(self, frontends, name="sluice.conf", tls=None, **globals_):
         """Write a config: test-friendly defaults (log-level info, short drain and close
-        timeouts), then globals_ (underscores in names become dashes)."""
-        settings = {"log-level": "info", "drain-timeout": 2, "close-timeout": 2}
+        timeouts, pidfile and stats-file NAME.pid and NAME.stats in the temporary folder,
+        syslog off), then globals_ (underscores in names become dashes)."""
+        base = os.path.splitext(self.path(name))[0]
+        settings = {"log-level": "info", "drain-timeout": 2, "close-timeout": 2,
+                    # per test (tests run in parallel), not /run/sluice.{pid,stats}
+                    "pidfile": base + ".pid", "stats-file": base + ".stats",
+                    "syslog": False}  # no /dev/log on the test machines
         for k, v in globals_.items():
             settings[k.replace("_", "-")] = v
         if tls is not None:
@@ -641,23 +824,29 @@ class Test:
 
     # --- sluice
     def start_sluice(self, conf, name="sluice", rlimit_nofile=None, cwd=None, wait=True,
-                     ports=None):
-        """Start `$SLUICE -F -f conf`, stderr+stdout to NAME.log; wait for the ready line
-        and for every listen port (parsed from conf unless given) to be in LISTEN."""
+                     ports=None, env=None):
+        """Start `$SLUICE -F -f conf`, stderr+stdout to NAME.log (appended); wait for the
+        ready line and for every listen port (parsed from conf unless given) to be in
+        LISTEN. env: extra environment variables (e.g. {"SLUICE_FAULT": "hang:1"})."""
         logpath = self.path(name + ".log")
         logf = open(logpath, "ab")
+        log_offset = logf.seek(0, os.SEEK_END)
+        child_env = None
+        if env:
+            child_env = dict(os.environ)
+            child_env.update(env)
 
         def pre():
             if rlimit_nofile is not None:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (rlimit_nofile, rlimit_nofile))
 
         proc = spawn([SLUICE, "-F", "-f", conf], preexec=pre, stdin=subprocess.DEVNULL,
-                     stdout=logf, stderr=logf, cwd=cwd or self.dir)
+                     stdout=logf, stderr=logf, cwd=cwd or self.dir, env=child_env)
         logf.close()
         if ports is None:
             with open(conf) as f:
                 ports = [int(m) for m in re.findall(r'listen\s*=\s*"[^"]*:(\d+)"', f.read())]
-        sl = Sluice(self, conf, proc, logpath, ports)
+        sl = Sluice(self, conf, proc, logpath, ports, log_offset)
         self.sluices.append(sl)
         if wait:
             self.wait_ready(sl)
@@ -670,7 +859,7 @@ class Test:
                 self.diag("sluice exited early with status %s; log:" % sl.proc.returncode)
                 self.diag_log(sl.log())
                 raise RuntimeError("sluice did not start")
-            ready = re.search(r"info: sluice \S+ ready", sl.log())
+            ready = any(re.search(r"info: sluice \S+ ready", ln) for ln in sl.run_log_lines())
             listening = {p for _, p in listening_tcp_ports()}
             if ready and all(p in listening for p in sl.ports):
                 return
@@ -1019,7 +1208,7 @@ def backend_main(argv):
             pass
         srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         srv.bind(path)
-        os.chmod(path, 0o777)
+        os.chmod(path, 0o666)  # workers run as nobody when the tests run as root
         addr = "unix:" + path
     else:
         host, port = listen.rsplit(":", 1)

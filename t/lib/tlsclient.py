@@ -12,6 +12,7 @@ import selectors
 import socket
 import ssl
 import struct
+import threading
 import time
 
 import sluicetest as st
@@ -400,3 +401,186 @@ def watch_closes(socks, until, on_close=None):
     finally:
         sel.close()
     return closed
+
+
+# --- clients that stop after the server's first flight (handshake permits) --------------
+
+
+class StalledHello:
+    """A raw TCP client that sends a real ClientHello and then only reads: it learns
+    whether the server answered with a ServerHello (the server took a handshake permit
+    and did TLS work), and never sends its Finished, so the server's handshake stays
+    open until the client closes or handshake-timeout fires.
+    reply: None (nothing yet), "server_hello", "alert" or "other" (the first record);
+    closed: None, "eof" or "reset" (the server closed the connection)."""
+
+    def __init__(self, port, host="127.0.0.1", timeout=10):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.sendall(client_hello())
+        self.sock.setblocking(False)
+        self.buf = b""
+        self.reply = None
+        self.reply_at = None  # time.monotonic() when the first record was complete enough
+        self.closed = None
+        self.closed_at = None
+
+    @property
+    def got_hello(self):
+        return self.reply == "server_hello"
+
+    def _classify(self):
+        b = self.buf
+        if len(b) < 6:
+            return None
+        if b[0] == 0x16 and b[1] == 0x03 and b[5] == 0x02:
+            return "server_hello"
+        if b[0] == 0x15:
+            return "alert"
+        return "other"
+
+    def on_readable(self):
+        if self.closed:
+            return
+        try:
+            d = self.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except ConnectionResetError:
+            self.closed, self.closed_at = "reset", time.monotonic()
+            return
+        if not d:
+            self.closed, self.closed_at = "eof", time.monotonic()
+            return
+        if len(self.buf) < 64:
+            self.buf += d
+        if self.reply is None:
+            self.reply = self._classify()
+            if self.reply is not None:
+                self.reply_at = time.monotonic()
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def stalled_hellos(port, n, host="127.0.0.1", timeout=10):
+    """n StalledHello clients, all connected and their ClientHellos sent."""
+    return [StalledHello(port, host, timeout) for _ in range(n)]
+
+
+def poll_hellos(clients, until, stop=None):
+    """Read from StalledHello clients until time.monotonic() >= until, or stop(clients)
+    returns true. Clients keep reading after a ServerHello (the rest of the server's
+    flight, then an EOF or reset if the server closes). Returns the clients."""
+    sel = selectors.DefaultSelector()
+    for c in clients:
+        if not c.closed:
+            sel.register(c.sock, selectors.EVENT_READ, c)
+    try:
+        while True:
+            if stop is not None and stop(clients):
+                break
+            left = until - time.monotonic()
+            if left <= 0 or not sel.get_map():
+                break
+            for key, _ in sel.select(min(left, 0.2)):
+                c = key.data
+                c.on_readable()
+                if c.closed:
+                    sel.unregister(c.sock)
+    finally:
+        sel.close()
+    return clients
+
+
+def hello_summary(clients):
+    """A short text: how many got a ServerHello, other replies, closes, nothing."""
+    hello = sum(1 for c in clients if c.got_hello)
+    other = sum(1 for c in clients if c.reply not in (None, "server_hello"))
+    closed = sum(1 for c in clients if c.closed and not c.got_hello)
+    silent = sum(1 for c in clients if c.reply is None and not c.closed)
+    return ("%d ServerHello, %d other reply, %d closed without one, %d nothing"
+            % (hello, other, closed, silent))
+
+
+# --- plain HTTPS requests, one at a time or as a steady stream -------------------------
+
+
+def request(port, cafile, path="/", host="127.0.0.1", timeout=10):
+    """One HTTPS GET over a new connection (handshake, request, read to close).
+    Returns (ok, body_or_error): ok is True when the body came back whole."""
+    try:
+        s = connect(port, cafile, host=host, timeout=timeout)
+    except ConnectionRefusedError:
+        return False, "refused"
+    except ConnectionResetError:
+        return False, "reset"
+    except (socket.timeout, TimeoutError):
+        return False, "timeout"
+    except (OSError, ssl.SSLError) as e:
+        return False, "%s: %s" % (type(e).__name__, e)
+    try:
+        s.sendall(b"GET %s HTTP/1.0\r\nHost: localhost\r\n\r\n" % path.encode())
+        data, how = read_to_close(s, timeout)
+    except OSError as e:
+        return False, "%s: %s" % (type(e).__name__, e)
+    finally:
+        s.close()
+    if how not in ("close_notify", "eof") or not data.startswith(b"HTTP/1.1 200 OK"):
+        return False, "%s after %r" % (how, data[:80])
+    return True, data.split(b"\r\n\r\n", 1)[-1]
+
+
+class Stream:
+    """A steady stream of new connections: every interval seconds a new HTTPS request
+    starts on its own thread, whatever happened to the earlier ones. Each result is a
+    dict: start, end (time.monotonic()), ok, err, body."""
+
+    def __init__(self, port, cafile, interval=0.02, timeout=10, path="/stream"):
+        self.port, self.cafile, self.interval = port, cafile, interval
+        self.timeout, self.path = timeout, path
+        self.results = []
+        self.threads = []
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.runner = threading.Thread(target=self._run, daemon=True)
+
+    def start(self):
+        self.runner.start()
+        return self
+
+    def _one(self, res):
+        ok, what = request(self.port, self.cafile, self.path, timeout=self.timeout)
+        res["end"] = time.monotonic()
+        res["ok"] = ok
+        res["err"] = None if ok else what
+        res["body"] = what if ok else None
+
+    def _run(self):
+        nxt = time.monotonic()
+        while not self.stopping.is_set():
+            res = {"start": time.monotonic(), "end": None, "ok": None, "err": None}
+            th = threading.Thread(target=self._one, args=(res,), daemon=True)
+            with self.lock:
+                self.results.append(res)
+                self.threads.append(th)
+            th.start()
+            nxt += self.interval
+            self.stopping.wait(max(0.0, nxt - time.monotonic()))
+
+    def stop(self, wait=None):
+        """Stop starting new requests; wait (default: timeout + 5 s) for those in flight.
+        Returns the results."""
+        self.stopping.set()
+        self.runner.join()
+        deadline = time.monotonic() + (wait if wait is not None else self.timeout + 5)
+        for th in self.threads:
+            th.join(max(0.0, deadline - time.monotonic()))
+        return self.results
+
+    def started_between(self, t0, t1=None):
+        with self.lock:
+            return [r for r in self.results
+                    if r["start"] >= t0 and (t1 is None or r["start"] < t1)]
