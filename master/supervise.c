@@ -54,26 +54,6 @@ static double supervise_start_deadline(const struct conf *conf)
 
 /* --- the child side of a fork ------------------------------------------------------- */
 
-static void supervise_forget_io(struct master *m)
-{
-    struct generation *gens[] = {m->current, m->old};
-
-    ev_child_stop(m->loop, &m->child_watcher);
-    ev_timer_stop(m->loop, &m->watchdog_timer);
-    ev_timer_stop(m->loop, &m->shutdown_timer);
-    ev_timer_stop(m->loop, &m->start_timer);
-    for (size_t g = 0; g < 2; g++) {
-        for (unsigned s = 0; gens[g] != NULL && s < gens[g]->nslots; s++) {
-            struct proc *q = &gens[g]->procs[s];
-            ev_io_stop(m->loop, &q->control_io);
-            ev_timer_stop(m->loop, &q->restart_timer);
-            if (q->control_fd >= 0)
-                close(q->control_fd);
-            q->control_fd = -1;
-        }
-    }
-}
-
 /* Called by the worker once its own signal watchers run, so no signal finds none. */
 static void supervise_forget_signals(void *arg)
 {
@@ -107,7 +87,7 @@ supervise_child(struct master *m, struct proc *p, int control_fd, int master_end
     char err[512];
 
     ev_loop_fork(m->loop);
-    supervise_forget_io(m);
+    supervise_stop(m); /* the master's watchers and channels are not this process's */
     supervise_child_close_fds(m, p, master_end);
     if (privileges_drop(&m->privileges, err, sizeof(err)) < 0) {
         log_error("worker %u: cannot drop privileges: %s", p->slot, err);

@@ -76,17 +76,6 @@ def probes(port, n):
     return out
 
 
-def listeners(port):
-    n = 0
-    with open("/proc/net/tcp") as f:
-        next(f)
-        for line in f:
-            fields = line.split()
-            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                n += 1
-    return n
-
-
 def requests(t, port, cert, n, what):
     res = []
     for i in range(n):
@@ -142,7 +131,7 @@ def main(t):
     time.sleep(max(0.0, t_kill + st.scaled(1) - time.monotonic()))
     got = probes(port, 6)
     t.diag("probes after the death: %s; %d sockets listen on the port"
-           % (got, listeners(port)))
+           % (got, st.listen_socket_count(port)))
     t.ok(not [p for p in got if p not in ("refused", "nothing", "eof", "reset")],
          "the orphaned generation accepts no new connection: refused or never answered")
     t.ok(res["ok"] is None and busy is not None and st.pid_alive(busy),

@@ -10,18 +10,6 @@ import tlsclient as tc
 CONNS = 200
 
 
-def listeners(port):
-    """Number of IPv4 TCP sockets in LISTEN on port (reuseport sockets show one each)."""
-    n = 0
-    with open("/proc/net/tcp") as f:
-        next(f)
-        for line in f:
-            fields = line.split()
-            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                n += 1
-    return n
-
-
 def main(t):
     cert, key = t.make_cert()
     be = t.start_backend("app", "unix")
@@ -36,7 +24,7 @@ def main(t):
          "each worker logged ready for its own slot (slot: pid %s)" % slots)
     t.ok(len(sl.wait_log(r"info: sluice \S+ ready \(2 workers, generation 1\)")) == 1,
          "the master logs ready once, naming 2 workers and generation 1")
-    n = listeners(port)
+    n = st.listen_socket_count(port)
     t.ok(n == 2, "port %d has %d listening sockets (want 2: one SO_REUSEPORT socket per slot)"
          % (port, n))
 

@@ -172,6 +172,18 @@ def ipv6_loopback_available():
         return False, "IPv6 loopback [::1] unavailable: %s" % e
 
 
+def listen_socket_count(port):
+    """IPv4 TCP sockets in LISTEN on port (each SO_REUSEPORT socket counts once)."""
+    n = 0
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                n += 1
+    return n
+
+
 def listening_tcp_ports():
     """Set of (family, port) in LISTEN state, from /proc/net/tcp{,6} (no probe connects)."""
     found = set()
