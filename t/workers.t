@@ -24,6 +24,17 @@ def main(t):
          "each worker logged ready for its own slot (slot: pid %s)" % slots)
     t.ok(len(sl.wait_log(r"info: sluice \S+ ready \(2 workers, generation 1\)")) == 1,
          "the master logs ready once, naming 2 workers and generation 1")
+    try:
+        with open("/proc/sys/net/ipv4/tcp_migrate_req") as f:
+            migrate = int(f.read())
+    except OSError:
+        migrate = None
+    warned = bool(sl.wait_log(r"warning: net\.ipv4\.tcp_migrate_req is 0", timeout=0.5))
+    if migrate is None:
+        t.skip("this kernel has no net.ipv4.tcp_migrate_req")
+    else:
+        t.ok(warned == (migrate == 0), "tcp_migrate_req is %d here: the start-up warning is %s"
+             % (migrate, "logged" if warned else "not logged"))
     n = st.listen_socket_count(port)
     t.ok(n == 2, "port %d has %d listening sockets (want 2: one SO_REUSEPORT socket per slot)"
          % (port, n))
