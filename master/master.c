@@ -97,6 +97,14 @@ static void master_apply_logging(struct master *m, const struct conf *running,
     supervise_send_log_file(m, log_file_fd());
 }
 
+void master_apply_config(struct master *m, const struct conf *running, struct generation *gen)
+{
+    master_apply_logging(m, running, gen->conf);
+    master_raise_fd_limit(gen->conf);
+    shm_set_permits(&m->shm, gen->conf->handshake_permits);
+    atomic_store(&m->shm.header->generation, gen->id);
+}
+
 void master_reload(struct master *m)
 {
     char err[2048];
@@ -123,10 +131,7 @@ void master_reload(struct master *m)
         return;
     }
     gen->id = ++m->next_generation;
-    master_apply_logging(m, m->current->conf, gen->conf);
-    master_raise_fd_limit(gen->conf);
-    shm_set_permits(&m->shm, gen->conf->handshake_permits);
-    atomic_store(&m->shm.header->generation, gen->id);
+    master_apply_config(m, m->current->conf, gen);
     m->old = m->current;
     m->current = gen;
     supervise_start(m, gen);

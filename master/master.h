@@ -73,6 +73,8 @@ struct master {
 int master_run(struct master *m);
 /* HUP: build the next generation from the config file, or keep the running one. */
 void master_reload(struct master *m);
+/* What the master itself takes from gen's config (logging, fd limit, permit total). */
+void master_apply_config(struct master *m, const struct conf *running, struct generation *gen);
 /* Raise RLIMIT_NOFILE towards what max-connections needs, and say when it falls short. */
 void master_raise_fd_limit(const struct conf *conf);
 

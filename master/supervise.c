@@ -590,7 +590,7 @@ static void supervise_start_timeout_cb(struct ev_loop *loop, ev_timer *timer, in
               failed->id, supervise_start_deadline(failed->conf), previous->id);
     m->current = previous;
     m->old = failed;
-    atomic_store(&m->shm.header->generation, previous->id);
+    master_apply_config(m, failed->conf, previous);
     for (unsigned s = 0; s < previous->nslots; s++)
         if (previous->procs[s].pid <= 0)
             supervise_spawn(&previous->procs[s]);

@@ -173,14 +173,21 @@ def ipv6_loopback_available():
 
 
 def listen_socket_count(port):
-    """IPv4 TCP sockets in LISTEN on port (each SO_REUSEPORT socket counts once)."""
+    """How many TCP sockets are in LISTEN on port (IPv4 and IPv6), from /proc/net/tcp{,6}:
+    each SO_REUSEPORT socket is one line, however many processes hold a copy of it.
+    (listening_tcp_ports() only says whether any socket listens.)"""
     n = 0
-    with open("/proc/net/tcp") as f:
-        next(f)
-        for line in f:
-            fields = line.split()
-            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                n += 1
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if (len(fields) > 3 and fields[3] == "0A"
+                            and int(fields[1].rsplit(":", 1)[1], 16) == port):
+                        n += 1
+        except OSError:
+            pass
     return n
 
 
