@@ -131,6 +131,8 @@ void master_reload(struct master *m)
         return;
     }
     gen->id = ++m->next_generation;
+    /* Never the running generation's half, whatever ids a rollback left behind. */
+    gen->shm_half = 1 - m->current->shm_half;
     master_apply_config(m, m->current->conf, gen);
     m->old = m->current;
     m->current = gen;

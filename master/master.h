@@ -42,6 +42,7 @@ struct generation {
     struct frontend *frontends;
     size_t nfrontends;
     unsigned nslots;
+    unsigned shm_half;  /* which half of the segment's slots (and permit owner ids) it uses */
     struct proc *procs; /* one per slot */
     bool retiring;
     bool announced; /* "ready" logged once every slot was served */

@@ -32,7 +32,7 @@
 
 static unsigned proc_shm_slot(const struct proc *p)
 {
-    return (p->gen->id % 2) * SHM_SLOTS_PER_GENERATION + p->slot;
+    return p->gen->shm_half * SHM_SLOTS_PER_GENERATION + p->slot;
 }
 
 static void supervise_spawn(struct proc *p);
@@ -273,10 +273,13 @@ static void supervise_spawn(struct proc *p)
         return;
     }
     pid_t master = getpid();
+    /* Reset before the fork: the child may beat or take a permit before we run again. */
+    shm_slot_begin(&m->shm, proc_shm_slot(p), p->gen->id);
     fflush(NULL);
     pid_t pid = fork();
     if (pid < 0) {
         log_errno(LOG_LEVEL_ERROR, "worker %u: fork", p->slot);
+        shm_slot_end(&m->shm, proc_shm_slot(p));
         close(fds[0]);
         close(fds[1]);
         supervise_schedule_restart(m, p, 1.0, "fork failed");
@@ -293,14 +296,12 @@ static void supervise_spawn(struct proc *p)
     ev_io_init(&p->control_io, supervise_control_cb, p->control_fd, EV_READ);
     p->control_io.data = p;
     ev_io_start(m->loop, &p->control_io);
-    shm_slot_begin(&m->shm, proc_shm_slot(p), pid, p->gen->id);
+    shm_slot_set_pid(&m->shm, proc_shm_slot(p), pid);
     log_debug("%s started", proc_describe(p, who, sizeof(who)));
 }
 
 void supervise_start(struct master *m, struct generation *gen)
 {
-    /* An older generation only drains from now on: none of its slots is restarted. */
-    supervise_stop_restarts(m, m->old);
     for (unsigned s = 0; s < gen->nslots; s++) {
         struct proc *p = &gen->procs[s];
         ev_init(&p->restart_timer, supervise_restart_cb);
@@ -489,8 +490,11 @@ static void supervise_reaped(struct master *m, struct proc *p, int status)
         log_warning("%s %s%s", who, p->killed_stuck ? "stuck, " : "", how);
     supervise_forget_proc(m, p);
     supervise_reassign_adoptions(m, p);
-    /* Only the serving generation is restarted: an older one is on its way out anyway. */
-    if (!asked_to_stop && p->gen == m->current) {
+    /*
+     * The serving generation is restarted, and so is the older one until it is retired:
+     * a reload that fails must still have a generation to fall back to.
+     */
+    if (!asked_to_stop) {
         ev_tstamp delay = supervise_backoff(p, was_ready, ev_now(m->loop));
         snprintf(why, sizeof(why), "died at start-up %u times in a row", p->quick_deaths);
         atomic_fetch_add(&m->shm.slots[proc_shm_slot(p)].restarts, 1);

@@ -121,16 +121,20 @@ void shm_destroy(struct shm *shm, const char *path)
         unlink(path);
 }
 
-void shm_slot_begin(struct shm *shm, unsigned slot, pid_t pid, unsigned generation)
+void shm_slot_begin(struct shm *shm, unsigned slot, unsigned generation)
 {
     struct shm_slot *s = &shm->slots[slot];
 
-    atomic_store(&s->pid, (int32_t)pid);
     atomic_store(&s->generation, generation);
     atomic_store(&s->started_ms, shm_now_ms());
     atomic_store(&s->heartbeat_ms, 0);
     atomic_store(&s->permits_held, 0);
     atomic_store(&s->state, SHM_SLOT_STARTING);
+}
+
+void shm_slot_set_pid(struct shm *shm, unsigned slot, pid_t pid)
+{
+    atomic_store(&shm->slots[slot].pid, (int32_t)pid);
 }
 
 void shm_slot_set_state(struct shm *shm, unsigned slot, enum shm_slot_state state)

@@ -89,7 +89,8 @@ int shm_create(struct shm *shm, const char *path, gid_t gid, unsigned permits, c
 void shm_destroy(struct shm *shm, const char *path);
 int64_t shm_now_ms(void);
 /* The master resets a slot for a new process in it. */
-void shm_slot_begin(struct shm *shm, unsigned slot, pid_t pid, unsigned generation);
+void shm_slot_begin(struct shm *shm, unsigned slot, unsigned generation);
+void shm_slot_set_pid(struct shm *shm, unsigned slot, pid_t pid);
 void shm_slot_set_state(struct shm *shm, unsigned slot, enum shm_slot_state state);
 /* The master clears a slot whose process is gone (after reclaiming its permits). */
 void shm_slot_end(struct shm *shm, unsigned slot);

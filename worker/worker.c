@@ -198,12 +198,13 @@ static void worker_heartbeat_cb(struct ev_loop *loop, ev_timer *timer, int reven
                           memory_order_relaxed);
     worker_publish_stats(w);
     if (control_send(w->spec->control_fd, type, 0, -1) < 0) {
-        if (errno == EAGAIN)
-            return;
-        /* The master is gone (EPIPE): the control watcher sees the EOF and drains us. */
-        log_errno(LOG_LEVEL_WARNING, "control channel: cannot send %s", control_type_name(type));
-        worker_stop_heartbeat(w);
-        return;
+        if (errno != EAGAIN)
+            log_errno(LOG_LEVEL_WARNING, "control channel: cannot send %s",
+                      control_type_name(type));
+        /* The master is gone: the control watcher sees the EOF and drains us. */
+        if (errno == EPIPE || errno == ECONNRESET || errno == ENOTCONN)
+            worker_stop_heartbeat(w);
+        return; /* anything else (a full buffer, ENOBUFS): the next beat will do */
     }
     if (!w->ready_sent) {
         w->ready_sent = true;
