@@ -173,6 +173,18 @@ def init_script(t, cert, key, be):
     rc, _ = initd("status")
     t.ok(rc == 3, "init script: status after stop is 3 (got %s)" % rc)
 
+    # A master killed with SIGKILL leaves its pidfile; its pid may since name another
+    # program, which must not be taken for sluice (nor be sent TERM by stop).
+    other = st.spawn(["sleep", "60"])
+    t.cleanups.append(lambda: (other.kill(), other.wait()))
+    with open(pidfile, "w") as f:
+        f.write("%d\n" % other.pid)
+    rc, _ = initd("status")
+    t.ok(rc == 1, "init script: a stale pidfile naming another program is not running "
+         "(status 1: dead with a pidfile; got %s)" % rc)
+    initd("stop")
+    t.ok(other.poll() is None, "init script: stop leaves the unrelated process alone")
+
 
 def main(t):
     sv.kill_strays_at_exit(t)
