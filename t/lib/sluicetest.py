@@ -172,39 +172,33 @@ def ipv6_loopback_available():
         return False, "IPv6 loopback [::1] unavailable: %s" % e
 
 
-def listen_socket_count(port):
-    """How many TCP sockets are in LISTEN on port (IPv4 and IPv6), from /proc/net/tcp{,6}:
-    each SO_REUSEPORT socket is one line, however many processes hold a copy of it.
-    (listening_tcp_ports() only says whether any socket listens.)"""
-    n = 0
-    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(path) as f:
-                next(f)
-                for line in f:
-                    fields = line.split()
-                    if (len(fields) > 3 and fields[3] == "0A"
-                            and int(fields[1].rsplit(":", 1)[1], 16) == port):
-                        n += 1
-        except OSError:
-            pass
-    return n
-
-
-def listening_tcp_ports():
-    """Set of (family, port) in LISTEN state, from /proc/net/tcp{,6} (no probe connects)."""
-    found = set()
+def _proc_tcp_sockets():
+    """(family, local port, remote port, state, inode) of every TCP socket, from
+    /proc/net/tcp{,6}; state "0A" is LISTEN."""
     for fam, path in ((4, "/proc/net/tcp"), (6, "/proc/net/tcp6")):
         try:
             with open(path) as f:
                 next(f)
-                for line in f:
-                    fields = line.split()
-                    if len(fields) > 3 and fields[3] == "0A":
-                        found.add((fam, int(fields[1].rsplit(":", 1)[1], 16)))
+                rows = [line.split() for line in f]
         except OSError:
-            pass
-    return found
+            continue
+        for fields in rows:
+            if len(fields) > 9:
+                yield (fam, int(fields[1].rsplit(":", 1)[1], 16),
+                       int(fields[2].rsplit(":", 1)[1], 16), fields[3], int(fields[9]))
+
+
+def listen_socket_count(port):
+    """How many TCP sockets are in LISTEN on port (IPv4 and IPv6): each SO_REUSEPORT
+    socket is one, however many processes hold a copy of it. (listening_tcp_ports() only
+    says whether any socket listens.)"""
+    return sum(1 for _, local, _, state, _ in _proc_tcp_sockets()
+               if state == "0A" and local == port)
+
+
+def listening_tcp_ports():
+    """Set of (family, port) in LISTEN state, from /proc/net/tcp{,6} (no probe connects)."""
+    return {(fam, local) for fam, local, _, state, _ in _proc_tcp_sockets() if state == "0A"}
 
 
 def proc_cpu_seconds(pid, with_children=True):
@@ -285,19 +279,9 @@ def wait_pids_gone(pids, timeout):
 
 def _tcp_inode(local_port, remote_port):
     """Inode of the IPv4/IPv6 TCP socket local_port <-> remote_port (loopback), or None."""
-    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(path) as f:
-                next(f)
-                for line in f:
-                    fields = line.split()
-                    if (len(fields) > 9 and int(fields[1].rsplit(":", 1)[1], 16) == local_port
-                            and int(fields[2].rsplit(":", 1)[1], 16) == remote_port):
-                        inode = int(fields[9])
-                        if inode:
-                            return inode
-        except OSError:
-            pass
+    for _, local, remote, _, inode in _proc_tcp_sockets():
+        if local == local_port and remote == remote_port and inode:
+            return inode
     return None
 
 
