@@ -128,11 +128,6 @@ int log_open_file(const char *path, char *err, size_t errsize)
     return 0;
 }
 
-int log_syslog_fd(void)
-{
-    return log_targets.syslog_fd;
-}
-
 static int64_t log_now_ms(void)
 {
     struct timespec ts;

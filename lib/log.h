@@ -37,8 +37,6 @@ void log_use_stderr(bool on);
  */
 int log_open_syslog(int facility, char *err, size_t errsize);
 void log_close_syslog(void);
-/* The syslog socket (-1 if none), so a process closing inherited fds can keep it. */
-int log_syslog_fd(void);
 /*
  * Append lines to path (created 0640). On success the previous log file is closed; on
  * failure it stays in use and err holds "PATH: reason". For start-up and SIGUSR1.

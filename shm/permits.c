@@ -75,8 +75,3 @@ unsigned permits_reclaim(struct shm *shm, unsigned slot)
     atomic_store(&shm->slots[slot].permits_held, 0);
     return freed;
 }
-
-unsigned permits_in_use(const struct shm *shm)
-{
-    return permits_held_in(shm, 0, atomic_load(&shm->header->permits_high_water));
-}

@@ -17,6 +17,5 @@ uint32_t permits_take(struct shm *shm, unsigned slot, uint32_t *hint);
 void permits_release(struct shm *shm, unsigned slot, uint32_t cell);
 /* Master only, once slot's process is gone: free its cells, return how many. */
 unsigned permits_reclaim(struct shm *shm, unsigned slot);
-unsigned permits_in_use(const struct shm *shm);
 
 #endif
