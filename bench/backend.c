@@ -4,9 +4,10 @@
  * The demo backend of ./quickstart and the backend of bench/run. One thread, one epoll
  * loop, nonblocking sockets, bounded buffers. It parses just enough HTTP: the request
  * line, Content-Length (the body is read and discarded), Connection, Expect and
- * Transfer-Encoding (refused). Every request gets the same answer; pipelined requests
- * are answered in order; the connection stays open unless the request says
- * "Connection: close" or is HTTP/1.0.
+ * Transfer-Encoding (refused). Every request gets the same answer, except that a request
+ * for /bytes/N gets an N-byte body (for the benchmark's body-size sweeps and bulk runs);
+ * pipelined requests are answered in order; the connection stays open unless the request
+ * says "Connection: close" or is HTTP/1.0.
  */
 #ifdef HAVE_CONFIG_H
 #include "config.h"
@@ -48,7 +49,13 @@
 #define ACCEPT_PAUSE_MS 100 /* pause after EMFILE/ENFILE or at the connection cap */
 #define MAX_EVENTS 256
 #define LINGER_MS 2000            /* after a closing response, read and discard this long at most */
-#define MAX_BODY_SIZE (1ul << 30) /* -s upper bound */
+#define MAX_BODY_SIZE (1ul << 30) /* -s and /bytes/N upper bound */
+#define BLOCK_SIZE 65536          /* a /bytes/N body is this block, written repeatedly */
+#define SIZED_HEAD_MAX 128        /* a /bytes/N response head, formatted when written */
+#define MAX_SIZED_HEADS 16        /* /bytes/N responses per writev */
+
+#define OK_FMT "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %lu\r\n%s\r\n"
+#define CLOSE_HEADER "Connection: close\r\n"
 
 enum resp_kind {
     RESP_OK_KEEP,
@@ -60,6 +67,13 @@ enum resp_kind {
     RESP_TOO_LARGE,
     RESP_NOT_IMPLEMENTED,
     RESP_NKINDS
+};
+
+/* A queued response: a prepared one, or (sized) a 200 whose body is bytes long. */
+struct qent {
+    uint32_t bytes; /* body length of a sized response (at most MAX_BODY_SIZE) */
+    uint8_t kind;   /* enum resp_kind */
+    bool sized;     /* a /bytes/N answer: the head is formatted, the body is the block */
 };
 
 struct resp {
@@ -78,11 +92,11 @@ struct conn {
     uint32_t events;         /* what epoll watches now */
     size_t in_start, in_end; /* unparsed bytes are in[in_start..in_end) */
     uint64_t body_left;      /* request body bytes still to discard */
-    uint8_t body_resp;       /* response to queue once the body is discarded */
+    struct qent body_resp;   /* response to queue once the body is discarded */
     bool in_body;
     bool peer_eof;
     bool closing; /* a closing response is queued: read and parse no more */
-    uint8_t queue[MAX_QUEUED];
+    struct qent queue[MAX_QUEUED];
     unsigned q_head, q_len;
     size_t q_off; /* bytes of queue[q_head] already written */
     char in[INBUF_SIZE];
@@ -102,6 +116,7 @@ struct server {
     struct resp resp[RESP_NKINDS];
     char *body;
     size_t body_len;
+    char *block;           /* BLOCK_SIZE bytes: the bodies of /bytes/N */
     const char *unix_path; /* removed at exit if still our socket */
     dev_t unix_dev;
     ino_t unix_ino;
@@ -142,7 +157,8 @@ static void usage(FILE *out)
             "usage: " PROG " (-u PATH | -l HOST:PORT) [-s BYTES] [-c MAXCONN] [-h]\n"
             "\n"
             "A small plaintext HTTP/1.1 responder: the demo backend of sluice's quickstart\n"
-            "and the backend of its benchmark. Every request gets \"200 OK\" and the same body.\n"
+            "and the backend of its benchmark. Every request gets \"200 OK\" and the same body,\n"
+            "except a request for /bytes/N (N decimal, 0..%lu): an N-byte body.\n"
             "\n"
             "  -u PATH       listen on a Unix socket (a stale socket file is replaced)\n"
             "  -l HOST:PORT  listen on TCP, e.g. 127.0.0.1:8080, [::1]:8080, *:8080\n"
@@ -152,9 +168,10 @@ static void usage(FILE *out)
             "\n"
             "Keep-alive unless the request says \"Connection: close\" or is HTTP/1.0;\n"
             "pipelined requests are answered in order; request bodies (Content-Length)\n"
-            "are discarded; chunked request bodies are refused (501). SIGTERM or SIGINT\n"
-            "stops it and removes its socket file.\n",
-            strlen(DEFAULT_BODY), (int)strlen(DEFAULT_BODY) - 1, DEFAULT_BODY);
+            "are discarded; chunked request bodies are refused (501); a /bytes/ path with\n"
+            "anything but a number in range after it gets 400. SIGTERM or SIGINT stops it\n"
+            "and removes its socket file.\n",
+            MAX_BODY_SIZE, strlen(DEFAULT_BODY), (int)strlen(DEFAULT_BODY) - 1, DEFAULT_BODY);
 }
 
 static bool parse_size(const char *s, unsigned long max, unsigned long *out)
@@ -203,42 +220,47 @@ static void resp_set(struct resp *r, bool body, bool close, char *head)
     r->close = close;
 }
 
+static const char pattern[] = "0123456789abcdefghijklmnopqrstuvwxyz"
+                              "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghijklmnopqrstuvwxy\n";
+
+/* Fills p[0..size) with lines of the pattern. */
+static void fill_pattern(char *p, size_t size)
+{
+    for (size_t i = 0; i < size; i++)
+        p[i] = pattern[i % (sizeof(pattern) - 1)];
+}
+
 static void responses_init(struct server *srv, bool default_body, unsigned long size)
 {
-    static const char pattern[] = "0123456789abcdefghijklmnopqrstuvwxyz"
-                                  "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghijklmnopqrstuvwxy\n";
-#define OK_FMT "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %lu\r\n%s\r\n"
 #define ERROR_FMT "HTTP/1.1 %s\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
     if (default_body)
         size = strlen(DEFAULT_BODY);
     srv->body_len = size;
     srv->body = malloc(size > 0 ? size : 1);
-    if (srv->body == NULL) {
+    srv->block = malloc(BLOCK_SIZE);
+    if (srv->body == NULL || srv->block == NULL) {
         warnx_("out of memory for a %lu-byte body", size);
         exit(1);
     }
+    fill_pattern(srv->block, BLOCK_SIZE);
     if (default_body) {
         memcpy(srv->body, DEFAULT_BODY, size);
     } else {
-        for (size_t i = 0; i < size; i++)
-            srv->body[i] = pattern[i % (sizeof(pattern) - 1)];
+        fill_pattern(srv->body, size);
         if (size > 0)
             srv->body[size - 1] = '\n';
     }
     resp_set(&srv->resp[RESP_OK_KEEP], true, false, xasprintf(OK_FMT, size, ""));
-    resp_set(&srv->resp[RESP_OK_CLOSE], true, true,
-             xasprintf(OK_FMT, size, "Connection: close\r\n"));
+    resp_set(&srv->resp[RESP_OK_CLOSE], true, true, xasprintf(OK_FMT, size, CLOSE_HEADER));
     resp_set(&srv->resp[RESP_HEAD_KEEP], false, false, xasprintf(OK_FMT, size, ""));
-    resp_set(&srv->resp[RESP_HEAD_CLOSE], false, true,
-             xasprintf(OK_FMT, size, "Connection: close\r\n"));
+    resp_set(&srv->resp[RESP_HEAD_CLOSE], false, true, xasprintf(OK_FMT, size, CLOSE_HEADER));
     resp_set(&srv->resp[RESP_CONTINUE], false, false, xasprintf("HTTP/1.1 100 Continue\r\n\r\n"));
     resp_set(&srv->resp[RESP_BAD_REQUEST], false, true, xasprintf(ERROR_FMT, "400 Bad Request"));
     resp_set(&srv->resp[RESP_TOO_LARGE], false, true,
              xasprintf(ERROR_FMT, "431 Request Header Fields Too Large"));
     resp_set(&srv->resp[RESP_NOT_IMPLEMENTED], false, true,
              xasprintf(ERROR_FMT, "501 Not Implemented"));
-#undef OK_FMT
 #undef ERROR_FMT
 }
 
@@ -247,6 +269,7 @@ static void responses_free(struct server *srv)
     for (int i = 0; i < RESP_NKINDS; i++)
         free(srv->resp[i].head);
     free(srv->body);
+    free(srv->block);
 }
 
 /* ---------------------------------------------------------------- request parsing */
@@ -258,6 +281,8 @@ struct request {
     bool expect_continue;
     bool chunked;
     bool bad;
+    bool sized;     /* the path is /bytes/N */
+    uint32_t bytes; /* N */
     uint64_t content_length;
     bool has_content_length;
 };
@@ -342,6 +367,34 @@ static void parse_header(struct request *req, const char *line, size_t len)
     }
 }
 
+/* A target "/bytes/N" asks for an N-byte body; other targets get the usual body. */
+static void parse_target(struct request *req, const char *t, size_t len)
+{
+    static const char prefix[] = "/bytes/";
+    const size_t plen = sizeof(prefix) - 1;
+    uint64_t n = 0;
+
+    if (len < plen || memcmp(t, prefix, plen) != 0)
+        return;
+    if (len == plen) {
+        req->bad = true;
+        return;
+    }
+    for (size_t i = plen; i < len; i++) {
+        if (t[i] < '0' || t[i] > '9') {
+            req->bad = true;
+            return;
+        }
+        n = n * 10 + (uint64_t)(t[i] - '0');
+        if (n > MAX_BODY_SIZE) {
+            req->bad = true;
+            return;
+        }
+    }
+    req->sized = true;
+    req->bytes = (uint32_t)n;
+}
+
 static void parse_request_line(struct request *req, const char *line, size_t len)
 {
     const char *sp1 = memchr(line, ' ', len);
@@ -357,6 +410,7 @@ static void parse_request_line(struct request *req, const char *line, size_t len
         return;
     }
     req->head_method = (size_t)(sp1 - line) == 4 && memcmp(line, "HEAD", 4) == 0;
+    parse_target(req, sp1 + 1, (size_t)(sp2 - sp1 - 1));
     const char *ver = sp2 + 1;
     size_t vlen = len - (size_t)(ver - line);
     if (vlen == 8 && memcmp(ver, "HTTP/1.1", 8) == 0)
@@ -438,21 +492,29 @@ static int ms_until(const struct timespec *ts)
     return ms < 0 ? 0 : ms > INT_MAX ? INT_MAX : (int)ms;
 }
 
-static void conn_push(struct conn *c, enum resp_kind kind, const struct server *srv)
+static void conn_push_entry(struct conn *c, struct qent e, const struct server *srv)
 {
-    c->queue[(c->q_head + c->q_len) % MAX_QUEUED] = (uint8_t)kind;
+    c->queue[(c->q_head + c->q_len) % MAX_QUEUED] = e;
     c->q_len++;
-    if (srv->resp[kind].close)
+    if (srv->resp[e.kind].close)
         c->closing = true;
 }
 
-static enum resp_kind final_kind(const struct request *req)
+static void conn_push(struct conn *c, enum resp_kind kind, const struct server *srv)
+{
+    conn_push_entry(c, (struct qent){.kind = (uint8_t)kind}, srv);
+}
+
+static struct qent final_response(const struct request *req)
 {
     bool close = req->conn_close || req->http10;
+    struct qent e = {.sized = req->sized, .bytes = req->bytes};
 
     if (req->head_method)
-        return close ? RESP_HEAD_CLOSE : RESP_HEAD_KEEP;
-    return close ? RESP_OK_CLOSE : RESP_OK_KEEP;
+        e.kind = close ? RESP_HEAD_CLOSE : RESP_HEAD_KEEP;
+    else
+        e.kind = close ? RESP_OK_CLOSE : RESP_OK_KEEP;
+    return e;
 }
 
 /* Discards body bytes from the input buffer; queues the response once the body is done. */
@@ -465,7 +527,7 @@ static void conn_eat_body(struct conn *c, const struct server *srv)
     c->body_left -= n;
     if (c->body_left == 0) {
         c->in_body = false;
-        conn_push(c, c->body_resp, srv);
+        conn_push_entry(c, c->body_resp, srv);
     }
 }
 
@@ -506,10 +568,10 @@ static void conn_parse(struct conn *c, const struct server *srv)
                 conn_push(c, RESP_CONTINUE, srv);
             c->in_body = true;
             c->body_left = req.content_length;
-            c->body_resp = (uint8_t)final_kind(&req);
+            c->body_resp = final_response(&req);
             continue;
         }
-        conn_push(c, final_kind(&req), srv);
+        conn_push_entry(c, final_response(&req), srv);
     }
     if (c->in_start == c->in_end) {
         c->in_start = c->in_end = 0;
@@ -552,35 +614,117 @@ static bool conn_read(struct conn *c, const struct server *srv)
     return true;
 }
 
+/* The head of queued response e: the prepared one, or a /bytes/N one formatted into buf. */
+static char *entry_head(const struct server *srv, const struct qent *e, char buf[SIZED_HEAD_MAX],
+                        size_t *len)
+{
+    const struct resp *r = &srv->resp[e->kind];
+
+    if (!e->sized) {
+        *len = r->head_len;
+        return r->head;
+    }
+    /* At most ~90 bytes: Content-Length has 10 digits at most. */
+    *len = (size_t)snprintf(buf, SIZED_HEAD_MAX, OK_FMT, (unsigned long)e->bytes,
+                            r->close ? CLOSE_HEADER : "");
+    return buf;
+}
+
+static size_t entry_body_len(const struct server *srv, const struct qent *e)
+{
+    if (!srv->resp[e->kind].body)
+        return 0;
+    return e->sized ? e->bytes : srv->body_len;
+}
+
+/*
+ * Adds at most room iovecs for body bytes [skip, end) of e: the body, or for /bytes/N the
+ * block as often as it takes. Sets *complete when they reach the end of the body.
+ */
+static int entry_body_iov(const struct server *srv, const struct qent *e, size_t skip,
+                          struct iovec *iov, int room, bool *complete)
+{
+    size_t len = entry_body_len(srv, e);
+    int n = 0;
+
+    while (skip < len && n < room) {
+        size_t off = e->sized ? skip % BLOCK_SIZE : skip;
+        size_t chunk = e->sized ? BLOCK_SIZE - off : len - skip;
+
+        if (chunk > len - skip)
+            chunk = len - skip;
+        iov[n].iov_base = (e->sized ? srv->block : srv->body) + off;
+        iov[n].iov_len = chunk;
+        n++;
+        skip += chunk;
+    }
+    *complete = skip >= len;
+    return n;
+}
+
+/* Fills iov with queued responses from c->q_off on, in order; returns the iovec count. */
+static int conn_gather(const struct conn *c, const struct server *srv, struct iovec *iov,
+                       char heads[MAX_SIZED_HEADS][SIZED_HEAD_MAX])
+{
+    int niov = 0, nheads = 0;
+    size_t skip = c->q_off;
+
+    for (unsigned i = 0; i < c->q_len && niov + 2 <= MAX_IOV; i++) {
+        const struct qent *e = &c->queue[(c->q_head + i) % MAX_QUEUED];
+        size_t head_len;
+        bool complete;
+
+        if (e->sized && nheads == MAX_SIZED_HEADS)
+            break;
+        char *head = entry_head(srv, e, heads[nheads], &head_len);
+        if (e->sized)
+            nheads++;
+        if (skip < head_len) {
+            iov[niov].iov_base = head + skip;
+            iov[niov].iov_len = head_len - skip;
+            niov++;
+            skip = 0;
+        } else {
+            skip -= head_len;
+        }
+        niov += entry_body_iov(srv, e, skip, iov + niov, MAX_IOV - niov, &complete);
+        skip = 0;
+        if (!complete || srv->resp[e->kind].close)
+            break;
+    }
+    return niov;
+}
+
+/* Drops the responses that n written bytes completed; keeps the offset into the next. */
+static void conn_consume(struct conn *c, const struct server *srv, size_t n)
+{
+    while (n > 0 && c->q_len > 0) {
+        const struct qent *e = &c->queue[c->q_head];
+        char scratch[SIZED_HEAD_MAX];
+        size_t head_len;
+
+        entry_head(srv, e, scratch, &head_len);
+        size_t rest = head_len + entry_body_len(srv, e) - c->q_off;
+        if (n < rest) {
+            c->q_off += n;
+            return;
+        }
+        n -= rest;
+        c->q_off = 0;
+        c->q_head = (c->q_head + 1) % MAX_QUEUED;
+        c->q_len--;
+    }
+}
+
 /* Writes queued responses until EAGAIN or an empty queue. Returns false on failure. */
 static bool conn_write(struct conn *c, const struct server *srv)
 {
     while (c->q_len > 0) {
         struct iovec iov[MAX_IOV];
-        int niov = 0;
-        size_t skip = c->q_off;
-
-        for (unsigned i = 0; i < c->q_len && niov + 2 <= MAX_IOV; i++) {
-            const struct resp *r = &srv->resp[c->queue[(c->q_head + i) % MAX_QUEUED]];
-
-            if (skip < r->head_len) {
-                iov[niov].iov_base = r->head + skip;
-                iov[niov].iov_len = r->head_len - skip;
-                niov++;
-                skip = 0;
-            } else {
-                skip -= r->head_len;
-            }
-            if (r->body && skip < srv->body_len) {
-                iov[niov].iov_base = srv->body + skip;
-                iov[niov].iov_len = srv->body_len - skip;
-                niov++;
-            }
-            skip = 0;
-            if (r->close)
-                break;
-        }
+        char heads[MAX_SIZED_HEADS][SIZED_HEAD_MAX];
+        int niov = conn_gather(c, srv, iov, heads);
         ssize_t n = writev(c->fd, iov, niov);
+
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -590,21 +734,7 @@ static bool conn_write(struct conn *c, const struct server *srv)
                 warn_("writev");
             return false;
         }
-        size_t left = (size_t)n;
-        while (left > 0 && c->q_len > 0) {
-            const struct resp *r = &srv->resp[c->queue[c->q_head]];
-            size_t total = r->head_len + (r->body ? srv->body_len : 0);
-            size_t rest = total - c->q_off;
-
-            if (left < rest) {
-                c->q_off += left;
-                break;
-            }
-            left -= rest;
-            c->q_off = 0;
-            c->q_head = (c->q_head + 1) % MAX_QUEUED;
-            c->q_len--;
-        }
+        conn_consume(c, srv, (size_t)n);
     }
     return true;
 }
