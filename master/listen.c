@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,6 +43,9 @@ static int listen_set_options(int fd, const struct addr *addr)
      */
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) < 0 ||
         setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on)) < 0)
+        return -1;
+    /* Accepted sockets inherit it, which saves the workers a setsockopt per connection. */
+    if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on)) < 0)
         return -1;
     if (addr->sa.ss_family == AF_INET6) {
         int v6only = addr->any_dual_stack ? 0 : 1;

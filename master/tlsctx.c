@@ -157,6 +157,8 @@ SSL_CTX *tlsctx_build(const struct conf_frontend *fe, char *err, size_t errsize)
     /* Partial writes and a moving buffer let the relay retry from its own buffer. */
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
                               SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    /* Read whole records, and those behind them, in one recv(2) rather than two per record. */
+    SSL_CTX_set_read_ahead(ctx, 1);
     SSL_CTX_set_session_id_context(ctx, session_id_context, sizeof(session_id_context) - 1);
     /* SSL_OP_NO_TICKET alone only makes TLS 1.3 tickets stateful: send none at all. */
     if (!fe->tls.session_tickets && !SSL_CTX_set_num_tickets(ctx, 0)) {

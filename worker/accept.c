@@ -8,8 +8,6 @@
 #include "worker/accept.h"
 
 #include <errno.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -28,17 +26,6 @@ struct listener {
     struct frontend *fe;
     int fd;
 };
-
-static void accept_set_nodelay(int fd, const struct sockaddr *sa)
-{
-    int on = 1;
-
-    if (sa->sa_family != AF_INET && sa->sa_family != AF_INET6)
-        return;
-    /* Not fatal: the relay works without it, only with more latency. */
-    if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on)) < 0)
-        log_errno(LOG_LEVEL_WARNING, "setsockopt TCP_NODELAY");
-}
 
 /* Out of descriptors or memory: stop accepting for a moment rather than spin on it. */
 static void accept_back_off(struct worker *w)
@@ -102,7 +89,6 @@ static bool accept_one(struct listener *l)
         }
     }
     w->stats.accepted++;
-    accept_set_nodelay(fd, (struct sockaddr *)&ss);
     conn_new(w, l->fe, fd, (struct sockaddr *)&ss, sslen);
     return !w->accept_full;
 }

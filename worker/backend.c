@@ -45,6 +45,8 @@ int backend_connect(struct conn *c)
     /* EINTR on a TCP connect: the handshake goes on in the background, like EINPROGRESS. */
     if (errno != EINPROGRESS && errno != EINTR)
         return backend_fail(c, errno);
+    /* The client waits: what it sends now stays in its socket until the relay starts. */
+    conn_watch(c, &c->client, 0);
     conn_watch(c, &c->backend, EV_WRITE);
     return 0;
 }

@@ -21,6 +21,7 @@
 #include "worker/handshake.h"
 #include "worker/permit.h"
 #include "worker/relay.h"
+#include "worker/sockbio.h"
 #include "worker/worker.h"
 
 #define SPIN_GUARD_STREAK 100 /* consecutive no-progress wake-ups before we call it a spin */
@@ -168,6 +169,8 @@ void conn_close(struct conn *c, enum conn_end end, const char *fmt, ...)
         SSL_shutdown(c->client.ssl);
     }
     ERR_clear_error();
+    (void)endpoint_flush(&c->client);
+    sockbio_release(&c->client);
     endpoint_discard_input(&c->client);
     ev_timer_stop(w->loop, &c->timer);
     conn_close_endpoint(c, &c->client);

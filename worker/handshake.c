@@ -14,6 +14,7 @@
 #include "worker/backend.h"
 #include "worker/conn.h"
 #include "worker/permit.h"
+#include "worker/sockbio.h"
 #include "worker/worker.h"
 
 /*
@@ -40,12 +41,14 @@ void handshake_start(struct conn *c)
     conn_set_state(c, CONN_HANDSHAKE);
     ERR_clear_error();
     c->client.ssl = SSL_new(c->fe->ctx);
-    if (c->client.ssl == NULL || !SSL_set_fd(c->client.ssl, c->client.fd)) {
+    BIO *bio = c->client.ssl != NULL ? sockbio_new(&c->client) : NULL;
+    if (bio == NULL) {
         char reasons[256];
         conn_close(c, END_NO_RESOURCES, "cannot set up TLS: %s",
                    log_ssl_reasons(reasons, sizeof(reasons)));
         return;
     }
+    SSL_set_bio(c->client.ssl, bio, bio);
     c->client.ops = &transport_tls;
     SSL_set_app_data(c->client.ssl, c);
     SSL_set_accept_state(c->client.ssl);
@@ -75,23 +78,31 @@ int handshake_step(struct conn *c)
     errno = 0;
     int rc = SSL_do_handshake(ssl);
     int saved_errno = errno;
+    int error = SSL_get_error(ssl, rc);
+    if (rc == 1 || error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE ||
+        error == SSL_ERROR_WANT_CLIENT_HELLO_CB) {
+        if (endpoint_flush(&c->client) == IO_FAIL) {
+            conn_close(c, END_HANDSHAKE_FAILED, "%s", c->client.why);
+            return -1;
+        }
+    }
+    int unsent = endpoint_output_pending(&c->client) ? EV_WRITE : 0;
     if (rc == 1) {
         permit_release(c);
         c->worker->stats.handshakes_ok++;
         handshake_log_success(c);
-        conn_watch(c, &c->client, 0);
         return backend_connect(c);
     }
-    switch (SSL_get_error(ssl, rc)) {
+    switch (error) {
     case SSL_ERROR_WANT_READ:
-        conn_watch(c, &c->client, EV_READ);
+        conn_watch(c, &c->client, EV_READ | unsent);
         return 0;
     case SSL_ERROR_WANT_WRITE:
         conn_watch(c, &c->client, EV_WRITE);
         return 0;
     case SSL_ERROR_WANT_CLIENT_HELLO_CB:
         /* Parked for a permit: the ClientHello is read, nothing to wait for on the socket. */
-        conn_watch(c, &c->client, 0);
+        conn_watch(c, &c->client, unsent);
         return 0;
     default:
         break;

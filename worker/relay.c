@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "worker/conn.h"
+#include "worker/sockbio.h"
 #include "worker/worker.h"
 
 #define RELAY_BUF_SIZE (16 * 1024) /* one TLS record */
@@ -59,7 +60,7 @@ static bool relay_make_room(struct relay_dir *d)
 static enum step relay_read(struct conn *c, struct relay_dir *d)
 {
     size_t n;
-    int want;
+    int want = 0;
 
     if (d->state != DIR_OPEN || d->src_blocked || relay_buffered(d) == RELAY_BUF_SIZE)
         return STEP_IDLE;
@@ -69,6 +70,7 @@ static enum step relay_read(struct conn *c, struct relay_dir *d)
     }
     switch (d->src->ops->read(d->src, d->buf + d->end, RELAY_BUF_SIZE - d->end, &n, &want)) {
     case IO_DONE:
+        d->src_blocked = want;
         d->end += n;
         d->bytes += n;
         *(d == &c->c2b ? &c->worker->stats.bytes_client_to_backend
@@ -95,12 +97,13 @@ static enum step relay_read(struct conn *c, struct relay_dir *d)
 static enum step relay_write(struct conn *c, struct relay_dir *d)
 {
     size_t n;
-    int want;
+    int want = 0;
 
     if (relay_buffered(d) == 0 || d->dst_blocked)
         return STEP_IDLE;
     switch (d->dst->ops->write(d->dst, d->buf + d->start, relay_buffered(d), &n, &want)) {
     case IO_DONE:
+        d->dst_blocked = want;
         d->start += n;
         if (d->start == d->end)
             relay_drop_buffer(d);
@@ -170,7 +173,8 @@ static int relay_interest(const struct relay_dir *d, const struct endpoint *ep)
 static void relay_watch(struct conn *c)
 {
     conn_watch(c, &c->client,
-               relay_interest(&c->c2b, &c->client) | relay_interest(&c->b2c, &c->client));
+               relay_interest(&c->c2b, &c->client) | relay_interest(&c->b2c, &c->client) |
+                   (endpoint_output_pending(&c->client) ? EV_WRITE : 0));
     conn_watch(c, &c->backend,
                relay_interest(&c->c2b, &c->backend) | relay_interest(&c->b2c, &c->backend));
 }
@@ -189,7 +193,13 @@ static int relay_pump(struct conn *c)
         if (c2b == STEP_IDLE && b2c == STEP_IDLE)
             break;
     }
-    if (c->c2b.state == DIR_SHUT && c->b2c.state == DIR_SHUT) {
+    /* The wake-up's records leave together; the connection is done once they are out. */
+    if (endpoint_flush(&c->client) == IO_FAIL) {
+        relay_fail(c, &c->client);
+        return -1;
+    }
+    if (c->c2b.state == DIR_SHUT && c->b2c.state == DIR_SHUT &&
+        !endpoint_output_pending(&c->client)) {
         conn_close(c, END_DONE, NULL);
         return -1;
     }
@@ -204,8 +214,14 @@ static int relay_pump(struct conn *c)
 
 int relay_start(struct conn *c)
 {
-    c->c2b = (struct relay_dir){.src = &c->client, .dst = &c->backend};
-    c->b2c = (struct relay_dir){.src = &c->backend, .dst = &c->client};
+    /*
+     * Start from what is known, not with reads that would say EAGAIN: the handshake's last
+     * read tells whether the client has more, and a new backend has said nothing yet.
+     */
+    bool client_drained = c->client.drained && !SSL_has_pending(c->client.ssl);
+    c->c2b = (struct relay_dir){
+        .src = &c->client, .dst = &c->backend, .src_blocked = client_drained ? EV_READ : 0};
+    c->b2c = (struct relay_dir){.src = &c->backend, .dst = &c->client, .src_blocked = EV_READ};
     conn_set_state(c, CONN_RELAY);
     return relay_pump(c);
 }

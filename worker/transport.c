@@ -53,6 +53,7 @@ static enum io_status tls_read(struct endpoint *ep, char *buf, size_t len, size_
     int rc = SSL_read(ep->ssl, buf, (int)transport_clamp(len));
     if (rc > 0) {
         *n = (size_t)rc;
+        *want = ep->drained && !SSL_has_pending(ep->ssl) ? EV_READ : 0;
         return IO_DONE;
     }
     return tls_status(ep, rc, "TLS read", want);
@@ -66,6 +67,7 @@ static enum io_status tls_write(struct endpoint *ep, const char *buf, size_t len
     int rc = SSL_write(ep->ssl, buf, (int)transport_clamp(len));
     if (rc > 0) {
         *n = (size_t)rc;
+        *want = 0;
         return IO_DONE;
     }
     return tls_status(ep, rc, "TLS write", want);
@@ -88,8 +90,14 @@ static enum io_status plain_read(struct endpoint *ep, char *buf, size_t len, siz
     for (;;) {
         ssize_t rc = recv(ep->fd, buf, len, 0);
         if (rc > 0) {
-            ep->plain_bytes += (size_t)rc;
+            ep->wire_bytes += (size_t)rc;
+            /*
+             * Read again even after a short read: a backend that answers and closes sends
+             * its EOF right behind the answer, and catching it now lets the response and
+             * the close_notify leave in one segment.
+             */
             *n = (size_t)rc;
+            *want = 0;
             return IO_DONE;
         }
         if (rc == 0)
@@ -111,8 +119,10 @@ static enum io_status plain_write(struct endpoint *ep, const char *buf, size_t l
     for (;;) {
         ssize_t rc = send(ep->fd, buf, len, MSG_NOSIGNAL);
         if (rc >= 0) {
-            ep->plain_bytes += (size_t)rc;
+            ep->wire_bytes += (size_t)rc;
             *n = (size_t)rc;
+            /* Short: the socket buffer is full, and a second write would only say EAGAIN. */
+            *want = (size_t)rc < len ? EV_WRITE : 0;
             return IO_DONE;
         }
         if (errno == EINTR)
@@ -142,9 +152,7 @@ const struct transport transport_plain = {plain_read, plain_write, plain_shutdow
 
 unsigned long long endpoint_io_bytes(const struct endpoint *ep)
 {
-    if (ep->ssl == NULL)
-        return ep->plain_bytes;
-    return BIO_number_read(SSL_get_rbio(ep->ssl)) + BIO_number_written(SSL_get_wbio(ep->ssl));
+    return ep->wire_bytes;
 }
 
 void endpoint_discard_input(const struct endpoint *ep)

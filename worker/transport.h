@@ -3,13 +3,15 @@
 
 #include <ev.h>
 #include <openssl/ssl.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 struct conn;
 struct endpoint;
 
 enum io_status {
-    IO_DONE,  /* moved *n > 0 bytes, or finished the shutdown */
+    IO_DONE,  /* moved *n > 0 bytes, or finished the shutdown; a read that drained its
+                 source sets *want = EV_READ (wait for readiness before reading again) */
     IO_AGAIN, /* blocked: *want says which readiness (EV_READ or EV_WRITE) unblocks it */
     IO_EOF,   /* orderly end of the peer's stream (close_notify or FIN) */
     IO_FAIL,  /* the stream is broken; endpoint->why says how */
@@ -30,7 +32,10 @@ struct endpoint {
     ev_io io;
     struct conn *conn;
     const char *name;               /* "client" or "backend", for logs */
-    unsigned long long plain_bytes; /* bytes through a plaintext fd, both ways */
+    unsigned long long wire_bytes; /* bytes through the fd, both ways */
+    char *out;                     /* TLS records written but not yet sent (sockbio) */
+    size_t out_len;
+    bool drained; /* the last read took all the socket had */
     char why[160];                  /* the failure behind the last IO_FAIL */
 };
 
