@@ -70,14 +70,27 @@ def s_client_resume(t, port, cert):
     base = ["openssl", "s_client", "-connect", "127.0.0.1:%d" % port, "-servername",
             "localhost", "-CAfile", cert, "-verify_return_error", "-ign_eof"]
     req = b"GET / HTTP/1.0\r\n\r\n"  # TLS 1.3 tickets arrive after the handshake: read
+    renewed = t.path("s_client-renewed.sess")
+    again = t.path("s_client-again.sess")
     rc1, out1, _, _ = st.run(base + ["-sess_out", sess], input=req, timeout=st.scaled(10))
-    rc2, out2, _, _ = st.run(base + ["-sess_in", sess], input=req, timeout=st.scaled(10))
+    rc2, out2, _, _ = st.run(base + ["-sess_in", sess, "-sess_out", renewed], input=req,
+                             timeout=st.scaled(10))
     o1, o2 = out1.decode(errors="replace"), out2.decode(errors="replace")
     t.ok(rc1 == 0 and rc2 == 0 and "hello from app" in o2 and re.search(r"^Reused, TLSv1\.3",
                                                                          o2, re.M)
          and re.search(r"^New, TLSv1\.3", o1, re.M),
          "openssl s_client -sess_out, then -sess_in: \"Reused, TLSv1.3\" (status %s, %s)"
          % (rc2, (re.findall(r"^(?:New|Reused), .*$", o2, re.M) or ["?"])[0]))
+    # OpenSSL's client will not offer a TLS 1.3 ticket twice: the resumed connection must
+    # have brought a new one, or the client's next connection is a full handshake.
+    tickets = o2.count("Post-Handshake New Session Ticket arrived")
+    rc3, out3, _, _ = st.run(base + ["-sess_in", renewed, "-sess_out", again], input=req,
+                             timeout=st.scaled(10))
+    o3 = out3.decode(errors="replace")
+    t.ok(tickets > 0 and rc3 == 0 and "hello from app" in o3
+         and re.search(r"^Reused, TLSv1\.3", o3, re.M),
+         "a resumed TLS 1.3 connection gets %d new ticket(s), and the next connection resumes "
+         "with them (%s)" % (tickets, (re.findall(r"^(?:New|Reused), .*$", o3, re.M) or ["?"])[0]))
 
 
 def main(t):
