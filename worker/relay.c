@@ -16,8 +16,12 @@
 #include "worker/sockbio.h"
 #include "worker/worker.h"
 
-#define RELAY_BUF_SIZE (16 * 1024) /* one TLS record */
-#define RELAY_ROUNDS 8             /* per wake-up, so one busy connection cannot hog the loop */
+/*
+ * Four TLS records: a download's recv(2) from the backend and an upload's send(2) to it
+ * move four records' worth at a time. Held only while bytes are in flight.
+ */
+#define RELAY_BUF_SIZE (64 * 1024)
+#define RELAY_ROUNDS 4 /* per wake-up, so one busy connection cannot hog the loop */
 
 enum step { STEP_IDLE, STEP_MOVED, STEP_CLOSED };
 
@@ -57,7 +61,7 @@ static bool relay_make_room(struct relay_dir *d)
     return true;
 }
 
-static enum step relay_read(struct conn *c, struct relay_dir *d)
+static enum step relay_read_once(struct conn *c, struct relay_dir *d)
 {
     size_t n;
     int want = 0;
@@ -94,7 +98,7 @@ static enum step relay_read(struct conn *c, struct relay_dir *d)
     return relay_fail(c, d->src);
 }
 
-static enum step relay_write(struct conn *c, struct relay_dir *d)
+static enum step relay_write_once(struct conn *c, struct relay_dir *d)
 {
     size_t n;
     int want = 0;
@@ -116,6 +120,26 @@ static enum step relay_write(struct conn *c, struct relay_dir *d)
         break;
     }
     return relay_fail(c, d->dst);
+}
+
+/* Fill the buffer: a TLS source gives one record per read. */
+static enum step relay_read(struct conn *c, struct relay_dir *d)
+{
+    enum step result = STEP_IDLE, step;
+
+    while ((step = relay_read_once(c, d)) == STEP_MOVED)
+        result = STEP_MOVED;
+    return step == STEP_CLOSED ? STEP_CLOSED : result;
+}
+
+/* Empty the buffer: a TLS sink takes one record per write. */
+static enum step relay_write(struct conn *c, struct relay_dir *d)
+{
+    enum step result = STEP_IDLE, step;
+
+    while ((step = relay_write_once(c, d)) == STEP_MOVED)
+        result = STEP_MOVED;
+    return step == STEP_CLOSED ? STEP_CLOSED : result;
 }
 
 /* Source ended and everything is delivered: end the sink's stream too (half-close). */
