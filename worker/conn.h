@@ -46,8 +46,8 @@ enum relay_dir_state {
 /* One direction of the relay: source -> bounded buffer -> sink. */
 struct relay_dir {
     struct endpoint *src, *dst;
-    char *buf; /* held only while bytes are in flight */
-    size_t start, end;
+    char *buf; /* the worker's scratch during a step; afterwards only bytes the sink refused */
+    size_t start, end, cap;
     enum relay_dir_state state;
     int src_blocked; /* readiness the source waits for before reading again, 0 if none */
     int dst_blocked; /* readiness the sink waits for before writing again, 0 if none */

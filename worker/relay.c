@@ -18,23 +18,38 @@
 
 /*
  * Four TLS records: a download's recv(2) from the backend and an upload's send(2) to it
- * move four records' worth at a time. Held only while bytes are in flight.
+ * move four records' worth at a time. A step reads into the worker's scratch buffer for
+ * its direction; a connection owns memory only for bytes its sink would not take, so an
+ * idle connection holds none and a busy one needs no malloc per step.
  */
 #define RELAY_BUF_SIZE (64 * 1024)
 #define RELAY_ROUNDS 4 /* per wake-up, so one busy connection cannot hog the loop */
 
 enum step { STEP_IDLE, STEP_MOVED, STEP_CLOSED };
 
+static char *relay_scratch[2]; /* client to backend, backend to client */
+
 static size_t relay_buffered(const struct relay_dir *d)
 {
     return d->end - d->start;
 }
 
-static void relay_drop_buffer(struct relay_dir *d)
+static char **relay_scratch_of(const struct conn *c, const struct relay_dir *d)
 {
-    free(d->buf);
+    return &relay_scratch[d == &c->c2b ? 0 : 1];
+}
+
+static bool relay_full(const struct relay_dir *d)
+{
+    return d->buf != NULL && relay_buffered(d) == d->cap;
+}
+
+static void relay_drop_buffer(const struct conn *c, struct relay_dir *d)
+{
+    if (d->buf != *relay_scratch_of(c, d))
+        free(d->buf);
     d->buf = NULL;
-    d->start = d->end = 0;
+    d->start = d->end = d->cap = 0;
 }
 
 static enum step relay_fail(struct conn *c, struct endpoint *ep)
@@ -43,14 +58,18 @@ static enum step relay_fail(struct conn *c, struct endpoint *ep)
     return STEP_CLOSED;
 }
 
-/* Make room at the end of the buffer; false when it is full (backpressure). */
-static bool relay_make_room(struct relay_dir *d)
+/* Make room at the end of the buffer; false when it is full (backpressure) or no memory. */
+static bool relay_make_room(const struct conn *c, struct relay_dir *d)
 {
     if (d->buf == NULL) {
-        d->buf = malloc(RELAY_BUF_SIZE);
-        return d->buf != NULL;
+        char **scratch = relay_scratch_of(c, d);
+        if (*scratch == NULL && (*scratch = malloc(RELAY_BUF_SIZE)) == NULL)
+            return false;
+        d->buf = *scratch;
+        d->cap = RELAY_BUF_SIZE;
+        return true;
     }
-    if (d->end < RELAY_BUF_SIZE)
+    if (d->end < d->cap)
         return true;
     if (d->start == 0)
         return false;
@@ -66,13 +85,13 @@ static enum step relay_read_once(struct conn *c, struct relay_dir *d)
     size_t n;
     int want = 0;
 
-    if (d->state != DIR_OPEN || d->src_blocked || relay_buffered(d) == RELAY_BUF_SIZE)
+    if (d->state != DIR_OPEN || d->src_blocked || relay_full(d))
         return STEP_IDLE;
-    if (!relay_make_room(d)) {
+    if (!relay_make_room(c, d)) {
         conn_close(c, END_NO_RESOURCES, "no memory for a relay buffer");
         return STEP_CLOSED;
     }
-    switch (d->src->ops->read(d->src, d->buf + d->end, RELAY_BUF_SIZE - d->end, &n, &want)) {
+    switch (d->src->ops->read(d->src, d->buf + d->end, d->cap - d->end, &n, &want)) {
     case IO_DONE:
         d->src_blocked = want;
         d->end += n;
@@ -83,13 +102,13 @@ static enum step relay_read_once(struct conn *c, struct relay_dir *d)
     case IO_AGAIN:
         d->src_blocked = want;
         if (relay_buffered(d) == 0)
-            relay_drop_buffer(d);
+            relay_drop_buffer(c, d);
         return STEP_IDLE;
     case IO_EOF:
         conn_log(c, LOG_LEVEL_DEBUG, "%s ended its stream", d->src->name);
         d->state = DIR_DRAINING;
         if (relay_buffered(d) == 0)
-            relay_drop_buffer(d);
+            relay_drop_buffer(c, d);
         conn_progressed(c);
         return STEP_MOVED;
     case IO_FAIL:
@@ -110,7 +129,7 @@ static enum step relay_write_once(struct conn *c, struct relay_dir *d)
         d->dst_blocked = want;
         d->start += n;
         if (d->start == d->end)
-            relay_drop_buffer(d);
+            relay_drop_buffer(c, d);
         return STEP_MOVED;
     case IO_AGAIN:
         d->dst_blocked = want;
@@ -187,7 +206,7 @@ static int relay_interest(const struct relay_dir *d, const struct endpoint *ep)
 {
     int events = 0;
 
-    if (d->src == ep && d->state == DIR_OPEN && relay_buffered(d) < RELAY_BUF_SIZE)
+    if (d->src == ep && d->state == DIR_OPEN && !relay_full(d))
         events |= d->src_blocked ? d->src_blocked : EV_READ;
     if (d->dst == ep && (relay_buffered(d) > 0 || d->state == DIR_DRAINING))
         events |= d->dst_blocked ? d->dst_blocked : EV_WRITE;
@@ -203,6 +222,28 @@ static void relay_watch(struct conn *c)
                relay_interest(&c->c2b, &c->backend) | relay_interest(&c->b2c, &c->backend));
 }
 
+/* The step is over: keep what the sink refused in memory of the connection's own. */
+static bool relay_detach(struct conn *c, struct relay_dir *d)
+{
+    size_t left = relay_buffered(d);
+
+    if (d->buf != *relay_scratch_of(c, d))
+        return true;
+    if (left == 0) {
+        relay_drop_buffer(c, d);
+        return true;
+    }
+    char *own = malloc(left);
+    if (own == NULL)
+        return false;
+    /* The TLS sink was set up with SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER for this. */
+    memcpy(own, d->buf + d->start, left);
+    d->buf = own;
+    d->start = 0;
+    d->end = d->cap = left;
+    return true;
+}
+
 static int relay_pump(struct conn *c)
 {
     int round;
@@ -216,6 +257,10 @@ static int relay_pump(struct conn *c)
             return -1;
         if (c2b == STEP_IDLE && b2c == STEP_IDLE)
             break;
+    }
+    if (!relay_detach(c, &c->c2b) || !relay_detach(c, &c->b2c)) {
+        conn_close(c, END_NO_RESOURCES, "no memory for a relay buffer");
+        return -1;
     }
     /* The wake-up's records leave together; the connection is done once they are out. */
     if (endpoint_flush(&c->client) == IO_FAIL) {
@@ -269,6 +314,6 @@ int relay_on_io(struct conn *c, struct endpoint *ep, int revents)
 
 void relay_release(struct conn *c)
 {
-    relay_drop_buffer(&c->c2b);
-    relay_drop_buffer(&c->b2c);
+    relay_drop_buffer(c, &c->c2b);
+    relay_drop_buffer(c, &c->b2c);
 }

@@ -6,6 +6,8 @@
  * one wake-up are held and leave together when the step ends (endpoint_flush), so the
  * same exchange costs three, and a download sends four records per segment.
  * OpenSSL's BIO_flush is a no-op here for that reason: the end of the step flushes.
+ * Records are held in one scratch buffer per worker, since only one step runs at a time;
+ * a connection owns memory only for bytes the kernel would not take at the flush.
  */
 #include "config.h"
 
@@ -22,12 +24,17 @@
 #define SOCKBIO_HOLD_MAX (4 * TLS_RECORD_MAX)
 
 static BIO_METHOD *sockbio_method;
+static char *hold_scratch;
+static const struct endpoint *hold_scratch_user; /* the endpoint whose step holds it */
 
 static void sockbio_drop_output(struct endpoint *ep)
 {
-    free(ep->out);
+    if (ep->out == hold_scratch)
+        hold_scratch_user = NULL;
+    else
+        free(ep->out);
     ep->out = NULL;
-    ep->out_len = 0;
+    ep->out_len = ep->out_cap = 0;
 }
 
 void sockbio_release(struct endpoint *ep)
@@ -60,13 +67,20 @@ static ssize_t sockbio_send(struct endpoint *ep, const char *data, size_t len)
     return (ssize_t)sent;
 }
 
+/* Append to what this step holds; false when it does not fit (the caller sends instead). */
 static bool sockbio_hold(struct endpoint *ep, const char *data, size_t len)
 {
     if (ep->out == NULL) {
-        ep->out = malloc(SOCKBIO_HOLD_MAX);
-        if (ep->out == NULL)
+        if (hold_scratch == NULL && (hold_scratch = malloc(SOCKBIO_HOLD_MAX)) == NULL)
             return false;
+        if (hold_scratch_user != NULL)
+            return false;
+        hold_scratch_user = ep;
+        ep->out = hold_scratch;
+        ep->out_cap = SOCKBIO_HOLD_MAX;
     }
+    if (ep->out_len + len > ep->out_cap)
+        return false;
     memcpy(ep->out + ep->out_len, data, len);
     ep->out_len += len;
     return true;
@@ -77,7 +91,7 @@ static int sockbio_write(BIO *bio, const char *data, size_t len, size_t *written
     struct endpoint *ep = BIO_get_data(bio);
 
     BIO_clear_retry_flags(bio);
-    if (ep->out_len + len <= SOCKBIO_HOLD_MAX && sockbio_hold(ep, data, len)) {
+    if (sockbio_hold(ep, data, len)) {
         *written = len;
         return 1;
     }
@@ -166,15 +180,36 @@ BIO *sockbio_new(struct endpoint *ep)
     return bio;
 }
 
+/* What the kernel would not take moves from the scratch to memory of the endpoint's own. */
+static bool sockbio_detach(struct endpoint *ep)
+{
+    if (ep->out != hold_scratch || ep->out_len == 0)
+        return true;
+    char *own = malloc(ep->out_len);
+    if (own == NULL)
+        return false;
+    memcpy(own, ep->out, ep->out_len);
+    hold_scratch_user = NULL;
+    ep->out = own;
+    ep->out_cap = ep->out_len;
+    return true;
+}
+
 enum io_status endpoint_flush(struct endpoint *ep)
 {
-    if (ep->out_len == 0)
+    if (ep->out_len == 0) {
+        sockbio_drop_output(ep);
         return IO_DONE;
-    if (sockbio_send(ep, NULL, 0) < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK)
-            return IO_AGAIN;
+    }
+    if (sockbio_send(ep, NULL, 0) < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
         snprintf(ep->why, sizeof(ep->why), "write: %s", strerror(errno));
         return IO_FAIL;
     }
-    return ep->out_len == 0 ? IO_DONE : IO_AGAIN;
+    if (ep->out_len == 0)
+        return IO_DONE;
+    if (!sockbio_detach(ep)) {
+        snprintf(ep->why, sizeof(ep->why), "no memory for %zu unsent bytes", ep->out_len);
+        return IO_FAIL;
+    }
+    return IO_AGAIN;
 }

@@ -31,12 +31,12 @@ struct endpoint {
     const struct transport *ops;
     ev_io io;
     struct conn *conn;
-    const char *name;               /* "client" or "backend", for logs */
+    const char *name;              /* "client" or "backend", for logs */
     unsigned long long wire_bytes; /* bytes through the fd, both ways */
     char *out;                     /* TLS records written but not yet sent (sockbio) */
-    size_t out_len;
-    bool drained; /* the last read took all the socket had */
-    char why[160];                  /* the failure behind the last IO_FAIL */
+    size_t out_len, out_cap;
+    bool drained;  /* the last read took all the socket had */
+    char why[160]; /* the failure behind the last IO_FAIL */
 };
 
 extern const struct transport transport_tls;
