@@ -157,6 +157,12 @@ SSL_CTX *tlsctx_build(const struct conf_frontend *fe, char *err, size_t errsize)
     /* Partial writes and a moving buffer let the relay retry from its own buffer. */
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
                               SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    /*
+     * Resumption is by ticket only: a cache in each worker would miss on every other
+     * worker, and it would hold every TLS 1.2 client's session (up to 20,480 each) and
+     * sweep them all every 255 handshakes.
+     */
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     /* Read whole records, and those behind them, in one recv(2) rather than two per record. */
     SSL_CTX_set_read_ahead(ctx, 1);
     SSL_CTX_set_session_id_context(ctx, session_id_context, sizeof(session_id_context) - 1);

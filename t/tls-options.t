@@ -114,6 +114,13 @@ def main(t):
     t.ok(HELLO in out and n == 0 and not has_ticket,
          "session-tickets = false: a TLS 1.3 client gets no ticket at all (%d arrived, "
          "ticket in -sess_out: %s)" % (n, has_ticket))
+    # No session cache either (sluice.conf(5)): a TLS 1.2 client gets no session id to
+    # come back with.
+    rc, out, err = s_client(t, p_noticket, cert, ["-tls1_2"])
+    ids = re.findall(r"^[ \t]*Session-ID:[ \t]*(\S*)[ \t]*$", out, re.M)
+    t.ok(HELLO in out and ids == [""],
+         "session-tickets = false: a TLS 1.2 client gets an empty session id (nothing to "
+         "resume with): %r" % ids)
 
     sess = t.path("ticket.sess")
     rc, out, err = s_client(t, p_ticket, cert, ["-tls1_3", "-sess_out", sess])
