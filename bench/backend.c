@@ -16,6 +16,7 @@
 #define _GNU_SOURCE 1 /* accept4, memmem, signalfd */
 #endif
 
+#include <err.h>
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
@@ -125,32 +126,6 @@ struct server {
 /* Tags for the epoll data of the listener and the signalfd; connections use pointers. */
 static char listener_tag, signal_tag;
 
-static void warnx_(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void warn_(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-static void warnx_(const char *fmt, ...)
-{
-    va_list ap;
-
-    va_start(ap, fmt);
-    fputs(PROG ": ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-}
-
-static void warn_(const char *fmt, ...)
-{
-    int saved = errno;
-    va_list ap;
-
-    va_start(ap, fmt);
-    fputs(PROG ": ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, ": %s\n", strerror(saved));
-    va_end(ap);
-}
-
 static void usage(FILE *out)
 {
     fprintf(out,
@@ -203,7 +178,7 @@ static char *xasprintf(const char *fmt, ...)
     n = vsnprintf(NULL, 0, fmt, ap);
     va_end(ap);
     if (n < 0 || (p = malloc((size_t)n + 1)) == NULL) {
-        warnx_("out of memory");
+        warnx("out of memory");
         exit(1);
     }
     va_start(ap, fmt);
@@ -240,7 +215,7 @@ static void responses_init(struct server *srv, bool default_body, unsigned long 
     srv->body = malloc(size > 0 ? size : 1);
     srv->block = malloc(BLOCK_SIZE);
     if (srv->body == NULL || srv->block == NULL) {
-        warnx_("out of memory for a %lu-byte body", size);
+        warnx("out of memory for a %lu-byte body", size);
         exit(1);
     }
     fill_pattern(srv->block, BLOCK_SIZE);
@@ -460,7 +435,7 @@ static void parse_head(struct request *req, const char *p, size_t len)
 static void monotonic(struct timespec *ts)
 {
     if (clock_gettime(CLOCK_MONOTONIC, ts) == -1) {
-        warn_("clock_gettime");
+        warn("clock_gettime");
         exit(1);
     }
 }
@@ -608,7 +583,7 @@ static bool conn_read(struct conn *c, const struct server *srv)
         if (errno == EAGAIN || errno == EWOULDBLOCK)
             break;
         if (errno != ECONNRESET)
-            warn_("read");
+            warn("read");
         return false;
     }
     return true;
@@ -731,7 +706,7 @@ static bool conn_write(struct conn *c, const struct server *srv)
             if (errno == EAGAIN || errno == EWOULDBLOCK)
                 return true;
             if (errno != EPIPE && errno != ECONNRESET)
-                warn_("writev");
+                warn("writev");
             return false;
         }
         conn_consume(c, srv, (size_t)n);
@@ -742,7 +717,7 @@ static bool conn_write(struct conn *c, const struct server *srv)
 static void conn_close(struct server *srv, struct conn *c)
 {
     if (close(c->fd) == -1 && errno != EINTR)
-        warn_("close");
+        warn("close");
     if (c->lingering) {
         if (c->lprev != NULL)
             c->lprev->lnext = c->lnext;
@@ -779,7 +754,7 @@ static bool conn_update(struct server *srv, struct conn *c)
 
     struct epoll_event ev = {.events = want, .data.ptr = c};
     if (epoll_ctl(srv->epfd, EPOLL_CTL_MOD, c->fd, &ev) == -1) {
-        warn_("epoll_ctl");
+        warn("epoll_ctl");
         return false;
     }
     c->events = want;
@@ -879,7 +854,7 @@ static void accept_set(struct server *srv, bool on)
     if (srv->accept_on == on)
         return;
     if (epoll_ctl(srv->epfd, on ? EPOLL_CTL_ADD : EPOLL_CTL_DEL, srv->lfd, &ev) == -1) {
-        warn_("epoll_ctl (listener)");
+        warn("epoll_ctl (listener)");
         exit(1);
     }
     srv->accept_on = on;
@@ -927,23 +902,23 @@ static void accept_batch(struct server *srv, bool is_tcp)
             if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
                 time_t now = time(NULL);
                 if (now - srv->accept_warned >= 10) {
-                    warn_("accept (pausing %d ms)", ACCEPT_PAUSE_MS);
+                    warn("accept (pausing %d ms)", ACCEPT_PAUSE_MS);
                     srv->accept_warned = now;
                 }
                 accept_pause(srv);
                 return;
             }
-            warn_("accept");
+            warn("accept");
             return;
         }
         if (is_tcp) {
             int one = 1;
             if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) == -1)
-                warn_("setsockopt TCP_NODELAY");
+                warn("setsockopt TCP_NODELAY");
         }
         struct conn *c = malloc(sizeof(*c));
         if (c == NULL) {
-            warnx_("out of memory: dropping a connection");
+            warnx("out of memory: dropping a connection");
             close(fd);
             accept_pause(srv);
             return;
@@ -953,7 +928,7 @@ static void accept_batch(struct server *srv, bool is_tcp)
         c->events = EPOLLIN;
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
         if (epoll_ctl(srv->epfd, EPOLL_CTL_ADD, fd, &ev) == -1) {
-            warn_("epoll_ctl (connection)");
+            warn("epoll_ctl (connection)");
             close(fd);
             free(c);
             continue;
@@ -974,25 +949,25 @@ static void unix_remove_stale(const char *path, const struct sockaddr_un *sun)
     if (lstat(path, &st) == -1) {
         if (errno == ENOENT)
             return;
-        warn_("%s", path);
+        warn("%s", path);
         exit(1);
     }
     if (!S_ISSOCK(st.st_mode)) {
-        warnx_("%s exists and is not a socket: not removing it", path);
+        warnx("%s exists and is not a socket: not removing it", path);
         exit(1);
     }
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd == -1) {
-        warn_("socket");
+        warn("socket");
         exit(1);
     }
     if (connect(fd, (const struct sockaddr *)sun, sizeof(*sun)) == 0) {
-        warnx_("%s: another process is listening on it", path);
+        warnx("%s: another process is listening on it", path);
         exit(1);
     }
     close(fd);
     if (unlink(path) == -1 && errno != ENOENT) {
-        warn_("unlink %s", path);
+        warn("unlink %s", path);
         exit(1);
     }
 }
@@ -1004,8 +979,8 @@ static int listen_unix(struct server *srv, const char *path)
     int fd;
 
     if (strlen(path) >= sizeof(sun.sun_path)) {
-        warnx_("%s: path too long for a Unix socket (max %zu bytes)", path,
-               sizeof(sun.sun_path) - 1);
+        warnx("%s: path too long for a Unix socket (max %zu bytes)", path,
+              sizeof(sun.sun_path) - 1);
         exit(1);
     }
     memcpy(sun.sun_path, path, strlen(path) + 1);
@@ -1013,22 +988,22 @@ static int listen_unix(struct server *srv, const char *path)
 
     fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd == -1) {
-        warn_("socket");
+        warn("socket");
         exit(1);
     }
     if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) == -1) {
-        warn_("bind %s", path);
+        warn("bind %s", path);
         exit(1);
     }
     if (stat(path, &st) == -1) {
-        warn_("stat %s", path);
+        warn("stat %s", path);
         exit(1);
     }
     srv->unix_path = path;
     srv->unix_dev = st.st_dev;
     srv->unix_ino = st.st_ino;
     if (listen(fd, SOMAXCONN) == -1) {
-        warn_("listen %s", path);
+        warn("listen %s", path);
         unlink(path);
         exit(1);
     }
@@ -1046,7 +1021,7 @@ static int listen_tcp(const char *spec)
     int err, fd = -1;
 
     if (colon == NULL || colon[1] == '\0') {
-        warnx_("%s: expected HOST:PORT", spec);
+        warnx("%s: expected HOST:PORT", spec);
         exit(1);
     }
     port = colon + 1;
@@ -1056,7 +1031,7 @@ static int listen_tcp(const char *spec)
         hlen -= 2;
     }
     if (hlen >= sizeof(host)) {
-        warnx_("%s: host name too long", spec);
+        warnx("%s: host name too long", spec);
         exit(1);
     }
     memcpy(host, spec, hlen);
@@ -1070,7 +1045,7 @@ static int listen_tcp(const char *spec)
         err = getaddrinfo(NULL, port, &hints, &res);
     }
     if (err != 0) {
-        warnx_("%s: %s", spec, gai_strerror(err));
+        warnx("%s: %s", spec, gai_strerror(err));
         exit(1);
     }
     for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
@@ -1080,19 +1055,19 @@ static int listen_tcp(const char *spec)
         if (fd == -1)
             continue;
         if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == -1)
-            warn_("setsockopt SO_REUSEADDR");
+            warn("setsockopt SO_REUSEADDR");
         if (any && ai->ai_family == AF_INET6 &&
             setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero)) == -1)
-            warn_("setsockopt IPV6_V6ONLY");
+            warn("setsockopt IPV6_V6ONLY");
         if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, SOMAXCONN) == 0)
             break;
-        warn_("bind/listen %s", spec);
+        warn("bind/listen %s", spec);
         close(fd);
         fd = -1;
     }
     freeaddrinfo(res);
     if (fd == -1) {
-        warnx_("cannot listen on %s", spec);
+        warnx("cannot listen on %s", spec);
         exit(1);
     }
     return fd;
@@ -1105,24 +1080,24 @@ static int signals_init(void)
     int fd;
 
     if (sigemptyset(&sa.sa_mask) == -1 || sigaction(SIGPIPE, &sa, NULL) == -1) {
-        warn_("sigaction SIGPIPE");
+        warn("sigaction SIGPIPE");
         exit(1);
     }
     /* An inherited SIG_IGN (bash does that to INT for background jobs) would discard
      * the signal before signalfd could see it. */
     sa.sa_handler = SIG_DFL;
     if (sigaction(SIGTERM, &sa, NULL) == -1 || sigaction(SIGINT, &sa, NULL) == -1) {
-        warn_("sigaction");
+        warn("sigaction");
         exit(1);
     }
     if (sigemptyset(&set) == -1 || sigaddset(&set, SIGTERM) == -1 ||
         sigaddset(&set, SIGINT) == -1 || sigprocmask(SIG_BLOCK, &set, NULL) == -1) {
-        warn_("sigprocmask");
+        warn("sigprocmask");
         exit(1);
     }
     fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
     if (fd == -1) {
-        warn_("signalfd");
+        warn("signalfd");
         exit(1);
     }
     return fd;
@@ -1136,7 +1111,7 @@ static void server_shutdown(struct server *srv)
     close(srv->lfd);
     if (srv->unix_path != NULL && stat(srv->unix_path, &st) == 0 && st.st_dev == srv->unix_dev &&
         st.st_ino == srv->unix_ino && unlink(srv->unix_path) == -1)
-        warn_("unlink %s", srv->unix_path);
+        warn("unlink %s", srv->unix_path);
 }
 
 int main(int argc, char **argv)
@@ -1157,14 +1132,14 @@ int main(int argc, char **argv)
             break;
         case 's':
             if (!parse_size(optarg, MAX_BODY_SIZE, &body_size)) {
-                warnx_("-s %s: expected a size in bytes, 0..%lu", optarg, MAX_BODY_SIZE);
+                warnx("-s %s: expected a size in bytes, 0..%lu", optarg, MAX_BODY_SIZE);
                 return 1;
             }
             default_body = false;
             break;
         case 'c':
             if (!parse_size(optarg, 1000000, &max_conns) || max_conns == 0) {
-                warnx_("-c %s: expected 1..1000000", optarg);
+                warnx("-c %s: expected 1..1000000", optarg);
                 return 1;
             }
             srv.max_conns = (unsigned)max_conns;
@@ -1179,9 +1154,9 @@ int main(int argc, char **argv)
     }
     if (optind != argc || (unix_path == NULL) == (tcp_spec == NULL)) {
         if (optind != argc)
-            warnx_("unexpected argument: %s", argv[optind]);
+            warnx("unexpected argument: %s", argv[optind]);
         else
-            warnx_("give exactly one of -u PATH and -l HOST:PORT");
+            warnx("give exactly one of -u PATH and -l HOST:PORT");
         usage(stderr);
         return 1;
     }
@@ -1191,13 +1166,13 @@ int main(int argc, char **argv)
     srv.lfd = unix_path != NULL ? listen_unix(&srv, unix_path) : listen_tcp(tcp_spec);
     srv.epfd = epoll_create1(EPOLL_CLOEXEC);
     if (srv.epfd == -1) {
-        warn_("epoll_create1");
+        warn("epoll_create1");
         server_shutdown(&srv);
         return 1;
     }
     struct epoll_event sev = {.events = EPOLLIN, .data.ptr = &signal_tag};
     if (epoll_ctl(srv.epfd, EPOLL_CTL_ADD, srv.sigfd, &sev) == -1) {
-        warn_("epoll_ctl (signalfd)");
+        warn("epoll_ctl (signalfd)");
         server_shutdown(&srv);
         return 1;
     }
@@ -1215,7 +1190,7 @@ int main(int argc, char **argv)
         if (n == -1) {
             if (errno == EINTR)
                 continue;
-            warn_("epoll_wait");
+            warn("epoll_wait");
             break;
         }
         for (int i = 0; i < n; i++) {
@@ -1227,7 +1202,7 @@ int main(int argc, char **argv)
                 if (r == (ssize_t)sizeof(si))
                     running = false;
                 else if (r == -1 && errno != EAGAIN && errno != EINTR)
-                    warn_("read signalfd");
+                    warn("read signalfd");
             } else if (p == &listener_tag) {
                 accept_batch(&srv, tcp_spec != NULL);
             } else {

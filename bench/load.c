@@ -19,6 +19,7 @@
 #endif
 
 #include <arpa/inet.h>
+#include <err.h>
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
@@ -169,22 +170,9 @@ struct worker {
 /* Epoll tag of the stop eventfd; connections use their own pointers. */
 static char stop_tag;
 
-static void warnx_(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-static void warnx_(const char *fmt, ...)
-{
-    va_list ap;
-
-    va_start(ap, fmt);
-    fputs(PROG ": ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-}
-
 static void fatal_ssl(const char *what)
 {
-    warnx_("%s failed", what);
+    warnx("%s failed", what);
     ERR_print_errors_fp(stderr);
     exit(1);
 }
@@ -304,9 +292,9 @@ static void report_error(struct worker *w, const char *what, const char *detail)
     unsigned n = atomic_fetch_add(&w->sh->reports, 1);
 
     if (n < MAX_ERROR_REPORTS)
-        warnx_("error: %s: %s", what, detail);
+        warnx("error: %s: %s", what, detail);
     else if (n == MAX_ERROR_REPORTS)
-        warnx_("more errors: counted, not printed");
+        warnx("more errors: counted, not printed");
 }
 
 /* Describes a failed SSL call: the OpenSSL error queue, errno or the EOF. */
@@ -960,7 +948,7 @@ static void *worker_main(void *arg)
         if (n == -1) {
             if (errno == EINTR)
                 continue;
-            warnx_("epoll_wait: %s", strerror(errno));
+            warnx("epoll_wait: %s", strerror(errno));
             break;
         }
         for (int i = 0; i < n && !w->stopping; i++) {
@@ -1029,7 +1017,7 @@ static void worker_init(struct worker *w, struct shared *sh, unsigned nconns,
     w->conns = calloc(nconns, sizeof(*w->conns));
     w->rbuf = malloc(READ_BUF_SIZE);
     if (w->conns == NULL || w->rbuf == NULL) {
-        warnx_("out of memory for %u connections", nconns);
+        warnx("out of memory for %u connections", nconns);
         exit(1);
     }
     for (unsigned i = 0; i < nconns; i++) {
@@ -1038,7 +1026,7 @@ static void worker_init(struct worker *w, struct shared *sh, unsigned nconns,
     }
     w->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (w->epfd == -1 || epoll_ctl(w->epfd, EPOLL_CTL_ADD, sh->stop_fd, &ev) == -1) {
-        warnx_("epoll: %s", strerror(errno));
+        warnx("epoll: %s", strerror(errno));
         exit(1);
     }
 }
@@ -1165,7 +1153,7 @@ enum { OPT_TLS = 256, OPT_BODY, OPT_PATH, OPT_SIGALGS, OPT_GROUPS, OPT_CIPHERS, 
 
 static void bad_option(const char *opt, const char *value, const char *expected)
 {
-    warnx_("%s %s: expected %s", opt, value, expected);
+    warnx("%s %s: expected %s", opt, value, expected);
     exit(2);
 }
 
@@ -1253,13 +1241,13 @@ static void parse_options(int argc, char **argv, struct options *opt)
         }
     }
     if (optind != argc || opt->addr_spec == NULL || !have_mode) {
-        warnx_(optind != argc ? "unexpected argument" : "-a and -m are required");
+        warnx(optind != argc ? "unexpected argument" : "-a and -m are required");
         usage(stderr);
         exit(2);
     }
     if (opt->threads > opt->conns) {
         if (!opt->quiet)
-            warnx_("%u threads for %u connections: using %u", opt->threads, opt->conns, opt->conns);
+            warnx("%u threads for %u connections: using %u", opt->threads, opt->conns, opt->conns);
         opt->threads = opt->conns;
     }
     if (opt->hold < 0)
@@ -1273,7 +1261,7 @@ static void split_addr(const char *spec, char *host, size_t hsize, const char **
     size_t hlen;
 
     if (colon == NULL || colon[1] == '\0') {
-        warnx_("-a %s: expected HOST:PORT", spec);
+        warnx("-a %s: expected HOST:PORT", spec);
         exit(2);
     }
     *port = colon + 1;
@@ -1283,7 +1271,7 @@ static void split_addr(const char *spec, char *host, size_t hsize, const char **
         hlen -= 2;
     }
     if (hlen >= hsize) {
-        warnx_("-a: host name too long");
+        warnx("-a: host name too long");
         exit(2);
     }
     memcpy(host, spec, hlen);
@@ -1308,7 +1296,7 @@ static void resolve(struct shared *sh, struct options *opt)
     split_addr(opt->addr_spec, host, sizeof(host), &port);
     err = getaddrinfo(host[0] != '\0' ? host : NULL, port, &hints, &res);
     if (err != 0) {
-        warnx_("-a %s: %s", opt->addr_spec, gai_strerror(err));
+        warnx("-a %s: %s", opt->addr_spec, gai_strerror(err));
         exit(2);
     }
     memcpy(&sh->addr, res->ai_addr, res->ai_addrlen);
@@ -1334,13 +1322,13 @@ static void build_request(struct shared *sh, const struct options *opt)
         n = snprintf(head, sizeof(head), "GET %s HTTP/1.1\r\nHost: %s\r\n%s\r\n", opt->path,
                      opt->sni, conn);
     if (n < 0 || (size_t)n >= sizeof(head)) {
-        warnx_("--path or -n too long");
+        warnx("--path or -n too long");
         exit(2);
     }
     sh->request_len = (size_t)n + opt->body;
     sh->request = malloc(sh->request_len);
     if (sh->request == NULL) {
-        warnx_("out of memory for the request");
+        warnx("out of memory for the request");
         exit(1);
     }
     memcpy(sh->request, head, (size_t)n);
@@ -1354,17 +1342,17 @@ static void raise_nofile(const struct options *opt)
     rlim_t need = (rlim_t)opt->conns + 64 + 2 * opt->threads;
 
     if (getrlimit(RLIMIT_NOFILE, &rl) == -1) {
-        warnx_("getrlimit: %s", strerror(errno));
+        warnx("getrlimit: %s", strerror(errno));
         return;
     }
     if (rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;
         if (setrlimit(RLIMIT_NOFILE, &rl) == -1)
-            warnx_("setrlimit: %s", strerror(errno));
+            warnx("setrlimit: %s", strerror(errno));
     }
     if (rl.rlim_cur < need)
-        warnx_("open-file limit %llu < %llu needed for %u connections: expect EMFILE errors",
-               (unsigned long long)rl.rlim_cur, (unsigned long long)need, opt->conns);
+        warnx("open-file limit %llu < %llu needed for %u connections: expect EMFILE errors",
+              (unsigned long long)rl.rlim_cur, (unsigned long long)need, opt->conns);
 }
 
 /* Blocks SIGINT and SIGTERM (the threads inherit the mask; main waits for them). */
@@ -1375,7 +1363,7 @@ static void signals_init(sigset_t *set)
     if (sigemptyset(&sa.sa_mask) == -1 || sigaction(SIGPIPE, &sa, NULL) == -1 ||
         sigemptyset(set) == -1 || sigaddset(set, SIGINT) == -1 || sigaddset(set, SIGTERM) == -1 ||
         pthread_sigmask(SIG_BLOCK, set, NULL) != 0) {
-        warnx_("signal set-up: %s", strerror(errno));
+        warnx("signal set-up: %s", strerror(errno));
         exit(1);
     }
 }
@@ -1450,7 +1438,7 @@ static void run_wait(const struct options *opt, struct shared *sh, struct worker
         if (sigtimedwait(set, NULL, &ts) > 0)
             return;
         if (errno != EAGAIN && errno != EINTR) {
-            warnx_("sigtimedwait: %s", strerror(errno));
+            warnx("sigtimedwait: %s", strerror(errno));
             return;
         }
     }
@@ -1511,7 +1499,7 @@ int main(int argc, char **argv)
     sh.stop_fd = eventfd(0, EFD_CLOEXEC);
     ws = calloc(opt.threads, sizeof(*ws));
     if (sh.stop_fd == -1 || ws == NULL) {
-        warnx_("set-up: %s", strerror(errno));
+        warnx("set-up: %s", strerror(errno));
         return 1;
     }
     unsigned per_thread_in_flight = (MAX_IN_FLIGHT + opt.threads - 1) / opt.threads;
@@ -1519,14 +1507,14 @@ int main(int argc, char **argv)
         worker_init(&ws[i], &sh, opt.conns / opt.threads + (i < opt.conns % opt.threads),
                     per_thread_in_flight);
     if (!opt.quiet)
-        warnx_("%s: %u connections, %u thread(s), %.1f s, to %s (SNI %s)", mode_names[opt.mode],
-               opt.conns, opt.threads, opt.seconds, opt.addr_spec, opt.sni);
+        warnx("%s: %u connections, %u thread(s), %.1f s, to %s (SNI %s)", mode_names[opt.mode],
+              opt.conns, opt.threads, opt.seconds, opt.addr_spec, opt.sni);
 
     t0 = now_ns();
     for (unsigned i = 0; i < opt.threads; i++) {
         int err = pthread_create(&ws[i].thread, NULL, worker_main, &ws[i]);
         if (err != 0) {
-            warnx_("pthread_create: %s", strerror(err));
+            warnx("pthread_create: %s", strerror(err));
             return 1;
         }
     }
@@ -1534,7 +1522,7 @@ int main(int argc, char **argv)
     t1 = now_ns();
     unsigned established = atomic_load(&sh.established); /* before the threads close them */
     if (write(sh.stop_fd, &one, sizeof(one)) != (ssize_t)sizeof(one)) {
-        warnx_("write eventfd: %s", strerror(errno));
+        warnx("write eventfd: %s", strerror(errno));
         return 1;
     }
     for (unsigned i = 0; i < opt.threads; i++)
