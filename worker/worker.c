@@ -8,6 +8,7 @@
 #include "worker/worker.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -184,6 +185,23 @@ static void worker_stop_control(struct worker *w)
 }
 
 /*
+ * A burst of handshakes leaves the heap's high-water mark behind (record buffers, key
+ * shares): once a beat passes with no new connection, give the free pages back, so
+ * a quiet worker holds what its connections use and no more. Not while connections
+ * keep coming: the pages would only fault back in.
+ */
+static void worker_trim_heap_when_quiet(struct worker *w)
+{
+    unsigned long long accepted = w->stats.accepted;
+
+    if (accepted == w->accepted_at_beat && accepted != w->accepted_at_trim) {
+        malloc_trim(0);
+        w->accepted_at_trim = accepted;
+    }
+    w->accepted_at_beat = accepted;
+}
+
+/*
  * The first beat says "ready": it is sent from inside the running loop. A beat the
  * master cannot take now (EAGAIN) is skipped; the next one will do.
  */
@@ -197,6 +215,7 @@ static void worker_heartbeat_cb(struct ev_loop *loop, ev_timer *timer, int reven
     atomic_store_explicit(&w->spec->shm->slots[w->spec->shm_slot].heartbeat_ms, shm_now_ms(),
                           memory_order_relaxed);
     worker_publish_stats(w);
+    worker_trim_heap_when_quiet(w);
     if (control_send(w->spec->control_fd, type, 0, -1) < 0) {
         if (errno != EAGAIN)
             log_errno(LOG_LEVEL_WARNING, "control channel: cannot send %s",

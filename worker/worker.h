@@ -76,6 +76,8 @@ struct worker {
     ev_timer permit_retry_timer;
     uint32_t permit_hint;
     struct worker_stats stats;
+    /* accepted counts at the last heartbeat and at the last heap trim */
+    unsigned long long accepted_at_beat, accepted_at_trim;
 };
 
 /* A forked worker's whole life: serve until retired, signalled or orphaned. Exit status. */
