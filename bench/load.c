@@ -125,6 +125,7 @@ struct conn {
     bool in_flight;   /* counted in w->in_flight */
     bool established; /* counted in shared->established */
     bool resumed;
+    unsigned tickets;  /* sessions the server sent on this connection (full, resume) */
     uint64_t t_start;  /* connect started */
     uint64_t t_req;    /* request started; stall: connected */
     uint64_t t_due;    /* end of the backoff */
@@ -163,7 +164,7 @@ struct worker {
     bool stopping;
     /* Written by this thread only; relaxed atomics so the progress line can read them. */
     _Atomic uint64_t connections, requests, errors, bytes;
-    uint64_t resumed, closed;
+    uint64_t resumed, closed, tickets;
     struct hist lat; /* latencies; stall: lifetimes of the connections the server closed */
 };
 
@@ -569,6 +570,10 @@ static int session_new(SSL *ssl, SSL_SESSION *sess)
 
     if (c == NULL)
         return 0;
+    c->tickets++;
+    /* full: counted, never kept, so nothing is ever offered */
+    if (conn_mode(c) != MODE_RESUME)
+        return 0;
     if (c->sess != NULL)
         SSL_SESSION_free(c->sess);
     c->sess = sess;
@@ -726,6 +731,8 @@ static void response_done(struct conn *c, bool eof)
         hist_add(&w->lat, now - c->t_start);
         count_add(&w->connections, 1);
         w->resumed += c->resumed;
+        w->tickets += c->tickets;
+        c->tickets = 0;
         if (eof) {
             conn_end(c);
             return;
@@ -976,15 +983,12 @@ static SSL_CTX *ctx_new(const struct options *opt)
         fatal_ssl("setting the TLS version");
     /* A close without close_notify reads as EOF (SSL_ERROR_ZERO_RETURN). */
     SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
-    if (opt->mode == MODE_RESUME) {
-        SSL_CTX_set_session_cache_mode(ctx,
-                                       SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
-        SSL_CTX_sess_set_new_cb(ctx, session_new);
-    } else {
-        /* Never offer a session, never keep one: every handshake is a full one. */
-        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    /* The callback sees every session (ticket) the server sends: counted in every mode. */
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(ctx, session_new);
+    /* Never offer a session, never keep one: every handshake is a full one. */
+    if (opt->mode != MODE_RESUME)
         SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
-    }
     if (opt->mode == MODE_BULK) {
         /* Fewer read calls: OpenSSL reads up to 64 KB of records at a time. */
         SSL_CTX_set_read_ahead(ctx, 1);
@@ -1100,7 +1104,9 @@ static void usage(FILE *out)
             "Output: one logfmt line on stdout at the end:\n"
             "  mode= conns= threads= seconds= connections= requests= errors= resumed=\n"
             "  rate= p50_ms= p90_ms= p99_ms= max_ms= bytes= mbps= min_ms=\n"
-            "  [established= (idle, stall)] [closed= (stall)]\n"
+            "  [tickets= (full, resume)] [established= (idle, stall)] [closed= (stall)]\n"
+            "tickets: sessions the server sent on completed connections (TLS 1.3 tickets; a\n"
+            "TLS 1.2 ticket in resume mode); full mode counts them but never keeps one.\n"
             "connections: completed connections (full, resume), else handshakes (stall: TCP\n"
             "connects); rate: connections/s (full, resume), requests/s (keepalive, bulk,\n"
             "idle), connections/s (stall); latency: connect started to response read (full,\n"
@@ -1454,13 +1460,14 @@ static void summary(const struct options *opt, unsigned established, struct work
 {
     static struct hist lat; /* large: not on the stack */
     struct totals t = totals_now(ws, opt->threads);
-    uint64_t resumed = 0, closed = 0;
+    uint64_t resumed = 0, closed = 0, tickets = 0;
     double rate;
 
     for (unsigned i = 0; i < opt->threads; i++) {
         hist_merge(&lat, &ws[i].lat);
         resumed += ws[i].resumed;
         closed += ws[i].closed;
+        tickets += ws[i].tickets;
     }
     if (opt->mode == MODE_KEEPALIVE || opt->mode == MODE_BULK || opt->mode == MODE_IDLE)
         rate = (double)t.requests / seconds;
@@ -1475,6 +1482,8 @@ static void summary(const struct options *opt, unsigned established, struct work
            ms(hist_quantile(&lat, 0.50)), ms(hist_quantile(&lat, 0.90)),
            ms(hist_quantile(&lat, 0.99)), ms(lat.max), (unsigned long long)t.bytes,
            (double)t.bytes / 1e6 / seconds, ms(lat.min));
+    if (opt->mode == MODE_FULL || opt->mode == MODE_RESUME)
+        printf(" tickets=%llu", (unsigned long long)tickets);
     if (opt->mode == MODE_IDLE || opt->mode == MODE_STALL)
         printf(" established=%u", established);
     if (opt->mode == MODE_STALL)
