@@ -202,13 +202,13 @@ enum io_status endpoint_flush(struct endpoint *ep)
         return IO_DONE;
     }
     if (sockbio_send(ep, NULL, 0) < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
-        snprintf(ep->why, sizeof(ep->why), "write: %s", strerror(errno));
+        endpoint_failed(ep, "write: %s", strerror(errno));
         return IO_FAIL;
     }
     if (ep->out_len == 0)
         return IO_DONE;
     if (!sockbio_detach(ep)) {
-        snprintf(ep->why, sizeof(ep->why), "no memory for %zu unsent bytes", ep->out_len);
+        endpoint_failed(ep, "no memory for %zu unsent bytes", ep->out_len);
         return IO_FAIL;
     }
     return IO_AGAIN;

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <openssl/err.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -36,12 +37,12 @@ static enum io_status tls_status(struct endpoint *ep, int rc, const char *op, in
     case SSL_ERROR_SYSCALL:
         if (ERR_peek_error() == 0 && saved_errno == 0)
             return IO_EOF;
-        snprintf(ep->why, sizeof(ep->why), "%s: %s", op,
-                 ERR_peek_error() != 0 ? log_ssl_reasons(reasons, sizeof(reasons))
-                                       : strerror(saved_errno));
+        endpoint_failed(ep, "%s: %s", op,
+                        ERR_peek_error() != 0 ? log_ssl_reasons(reasons, sizeof(reasons))
+                                              : strerror(saved_errno));
         return IO_FAIL;
     default:
-        snprintf(ep->why, sizeof(ep->why), "%s: %s", op, log_ssl_reasons(reasons, sizeof(reasons)));
+        endpoint_failed(ep, "%s: %s", op, log_ssl_reasons(reasons, sizeof(reasons)));
         return IO_FAIL;
     }
 }
@@ -108,7 +109,7 @@ static enum io_status plain_read(struct endpoint *ep, char *buf, size_t len, siz
             *want = EV_READ;
             return IO_AGAIN;
         }
-        snprintf(ep->why, sizeof(ep->why), "read: %s", strerror(errno));
+        endpoint_failed(ep, "read: %s", strerror(errno));
         return IO_FAIL;
     }
 }
@@ -131,7 +132,7 @@ static enum io_status plain_write(struct endpoint *ep, const char *buf, size_t l
             *want = EV_WRITE;
             return IO_AGAIN;
         }
-        snprintf(ep->why, sizeof(ep->why), "write: %s", strerror(errno));
+        endpoint_failed(ep, "write: %s", strerror(errno));
         return IO_FAIL;
     }
 }
@@ -141,10 +142,21 @@ static enum io_status plain_shutdown(struct endpoint *ep, int *want)
     (void)want;
     /* ENOTCONN: the peer is gone already, so there is no one left to tell. */
     if (shutdown(ep->fd, SHUT_WR) < 0 && errno != ENOTCONN) {
-        snprintf(ep->why, sizeof(ep->why), "shutdown: %s", strerror(errno));
+        endpoint_failed(ep, "shutdown: %s", strerror(errno));
         return IO_FAIL;
     }
     return IO_DONE;
+}
+
+void endpoint_failed(struct endpoint *ep, const char *fmt, ...)
+{
+    static char failure[160];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(failure, sizeof(failure), fmt, ap);
+    va_end(ap);
+    ep->why = failure;
 }
 
 const struct transport transport_tls = {tls_read, tls_write, tls_shutdown};

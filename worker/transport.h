@@ -35,8 +35,12 @@ struct endpoint {
     unsigned long long wire_bytes; /* bytes through the fd, both ways */
     char *out;                     /* TLS records written but not yet sent (sockbio) */
     size_t out_len, out_cap;
-    bool drained;  /* the last read took all the socket had */
-    char why[160]; /* the failure behind the last IO_FAIL */
+    bool drained; /* the last read took all the socket had */
+    /*
+     * The failure behind the last IO_FAIL. The text lives in one buffer per worker, not
+     * per connection: every caller acts on an IO_FAIL (closes) before any other I/O.
+     */
+    const char *why;
 };
 
 extern const struct transport transport_tls;
@@ -44,6 +48,9 @@ extern const struct transport transport_plain;
 
 /* Bytes that crossed this endpoint's socket either way; grows whenever I/O progressed. */
 unsigned long long endpoint_io_bytes(const struct endpoint *ep);
+/* Record why ep failed (printf style), for the IO_FAIL about to be returned. */
+void endpoint_failed(struct endpoint *ep, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 /* Read and drop what the peer already sent, so close(2) ends with FIN rather than RST. */
 void endpoint_discard_input(const struct endpoint *ep);
 
