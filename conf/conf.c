@@ -151,7 +151,8 @@ static bool setting_int_wrapped(const config_setting_t *s, long long value)
     bool wrapped = false;
     char *text;
 
-    if (file == NULL || name == NULL || line <= 0 || (text = conf_source_from_line(file, line)) == NULL)
+    if (file == NULL || name == NULL || line <= 0 ||
+        (text = conf_source_from_line(file, line)) == NULL)
         return false;
     size_t namelen = strlen(name);
     for (char *at = strstr(text, name); at != NULL; at = strstr(at + 1, name)) {
@@ -739,6 +740,8 @@ static const struct key_rule global_rules[] = {
     GLOBAL("backlog", parse_uint, backlog, 0, 65535),
     GLOBAL("heartbeat-interval", parse_duration, heartbeat_interval, DURATION_MIN, DURATION_MAX),
     GLOBAL("watchdog-timeout", parse_duration, watchdog_timeout, DURATION_MIN, DURATION_MAX),
+    GLOBAL("spin-guard", parse_bool, spin_guard, 0, 0),
+    GLOBAL("spin-guard-threshold", parse_uint, spin_guard_threshold, 100, 100000000),
     GLOBAL("tls", parse_global_tls, tls, 0, 0),
 };
 
@@ -760,6 +763,8 @@ static int conf_defaults(struct parser *p, const config_setting_t *root)
     conf->max_connections = 10000;
     conf->heartbeat_interval = 1;
     conf->watchdog_timeout = 5;
+    conf->spin_guard = true;
+    conf->spin_guard_threshold = 10000;
     if (conf_strdup(p, root, "/run/sluice.pid", &conf->pidfile) < 0 ||
         conf_strdup(p, root, "", &conf->chroot) < 0 ||
         conf_strdup(p, root, "", &conf->log_file) < 0 ||
@@ -784,7 +789,7 @@ static int conf_cross_check(struct parser *p, const config_setting_t *root)
 static int conf_set_paths(struct conf *conf, const char *path, char *err, size_t errsize)
 {
     const char *slash = strrchr(path, '/');
-    char *folder = slash == NULL ? strdup(".")
+    char *folder = slash == NULL   ? strdup(".")
                    : slash == path ? strdup("/")
                                    : strndup(path, (size_t)(slash - path));
 

@@ -81,6 +81,8 @@ struct conf {
     unsigned backlog; /* 0: the system's somaxconn */
     double heartbeat_interval;
     double watchdog_timeout;
+    bool spin_guard;
+    unsigned spin_guard_threshold; /* spurious wake-ups per second that make a worker suspect */
 
     struct conf_tls tls;
     struct conf_frontend *frontends;

@@ -284,7 +284,8 @@ static size_t log_format_tag(char *tag, size_t size, enum log_level level, const
     return len;
 }
 
-void log_vmsg(enum log_level level, const char *fmt, va_list ap)
+static void log_emit(enum log_level level, const char *fmt, va_list ap) LOG_PRINTF(2, 0);
+static void log_emit(enum log_level level, const char *fmt, va_list ap)
 {
     char line[LOG_HEAD_MAX + LOG_LINE_MAX];
     char *tag = line + LOG_HEAD_MAX;
@@ -292,8 +293,6 @@ void log_vmsg(enum log_level level, const char *fmt, va_list ap)
     bool all_sent = true;
     int saved = errno; /* callers may log between a failure and their use of errno */
 
-    if (!log_level_enabled(level))
-        return;
     gettimeofday(&tv, NULL);
     /* One byte short of the buffer: room for the newline. */
     size_t len = log_format_tag(tag, LOG_LINE_MAX - 1, level, fmt, ap);
@@ -313,6 +312,21 @@ void log_vmsg(enum log_level level, const char *fmt, va_list ap)
     if (!all_sent)
         log_dropped++;
     errno = saved;
+}
+
+void log_vmsg(enum log_level level, const char *fmt, va_list ap)
+{
+    if (log_level_enabled(level))
+        log_emit(level, fmt, ap);
+}
+
+void log_record(enum log_level level, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    log_emit(level, fmt, ap);
+    va_end(ap);
 }
 
 void log_msg(enum log_level level, const char *fmt, ...)

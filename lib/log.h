@@ -50,6 +50,8 @@ void log_adopt_file_fd(int fd);
 
 void log_msg(enum log_level level, const char *fmt, ...) LOG_PRINTF(2, 3);
 void log_vmsg(enum log_level level, const char *fmt, va_list ap) LOG_PRINTF(2, 0);
+/* A record the operator asked for (the connection log): written whatever log-level says. */
+void log_record(enum log_level level, const char *fmt, ...) LOG_PRINTF(2, 3);
 /* The *_errno variants append ": strerror(errno)", like warn(3). */
 void log_errno(enum log_level level, const char *fmt, ...) LOG_PRINTF(2, 3);
 /* Appends OpenSSL's error queue (and empties it), like nginx's ngx_ssl_error. */

@@ -13,6 +13,7 @@
 #include "conf/conf.h"
 #include "master/listen.h"
 #include "master/privileges.h"
+#include "master/spinguard.h"
 #include "shm/segment.h"
 #include "worker/worker.h"
 
@@ -29,7 +30,8 @@ struct proc {
     ev_io control_io;
     ev_tstamp started, last_heard;
     bool ready;
-    bool killed_stuck;
+    const char *killed_for; /* "stuck" or "spinning" once the master killed it, else NULL */
+    struct spinguard spin;
     /* crash backoff: deaths soon after start, in a row */
     unsigned quick_deaths;
     ev_timer restart_timer;

@@ -129,7 +129,7 @@ static struct proc *supervise_pick_adopter(struct generation *gen, const struct 
 {
     for (unsigned i = 1; i < gen->nslots; i++) {
         struct proc *q = &gen->procs[(orphan->slot + i) % gen->nslots];
-        if (q->pid > 0 && q->ready && !q->killed_stuck && q->control_fd >= 0)
+        if (q->pid > 0 && q->ready && q->killed_for == NULL && q->control_fd >= 0)
             return q;
     }
     return NULL;
@@ -291,8 +291,9 @@ static void supervise_spawn(struct proc *p)
     p->pid = pid;
     p->control_fd = fds[0];
     p->ready = false;
-    p->killed_stuck = false;
+    p->killed_for = NULL;
     p->started = p->last_heard = ev_now(m->loop);
+    spinguard_reset(&p->spin, &m->shm.slots[proc_shm_slot(p)], p->started);
     ev_io_init(&p->control_io, supervise_control_cb, p->control_fd, EV_READ);
     p->control_io.data = p;
     ev_io_start(m->loop, &p->control_io);
@@ -484,10 +485,11 @@ static void supervise_reaped(struct master *m, struct proc *p, int status)
 
     proc_describe(p, who, sizeof(who));
     describe_status(status, how, sizeof(how));
-    if (asked_to_stop && !p->killed_stuck)
+    if (asked_to_stop && p->killed_for == NULL)
         log_info("%s %s", who, how);
     else
-        log_warning("%s %s%s", who, p->killed_stuck ? "stuck, " : "", how);
+        log_warning("%s %s%s%s", who, p->killed_for ? p->killed_for : "", p->killed_for ? ", " : "",
+                    how);
     supervise_forget_proc(m, p);
     supervise_reassign_adoptions(m, p);
     /*
@@ -497,7 +499,7 @@ static void supervise_reaped(struct master *m, struct proc *p, int status)
     if (!asked_to_stop) {
         ev_tstamp delay = supervise_backoff(p, was_ready, ev_now(m->loop));
         snprintf(why, sizeof(why), "died at start-up %u times in a row", p->quick_deaths);
-        atomic_fetch_add(&m->shm.slots[proc_shm_slot(p)].restarts, 1);
+        shm_count_restart(&m->shm, proc_shm_slot(p));
         supervise_schedule_restart(m, p, delay, why);
     } else if (p->gen == m->old && generation_alive(m->old) == 0) {
         supervise_old_gone(m);
@@ -522,11 +524,18 @@ static void supervise_child_cb(struct ev_loop *loop, ev_child *child, int revent
 
 /* --- the watchdog --------------------------------------------------------------------- */
 
+static void supervise_kill_for(struct proc *p, const char *why)
+{
+    p->killed_for = why;
+    if (kill(p->pid, SIGKILL) < 0 && errno != ESRCH)
+        log_errno(LOG_LEVEL_ERROR, "kill %ld", (long)p->pid);
+}
+
 static void supervise_check_heartbeat(struct master *m, struct proc *p, ev_tstamp now)
 {
     char who[96];
 
-    if (p->pid <= 0 || p->killed_stuck)
+    if (p->pid <= 0 || p->killed_for != NULL)
         return;
     double limit = p->gen->conf->watchdog_timeout;
     if (now - p->last_heard <= limit)
@@ -536,9 +545,21 @@ static void supervise_check_heartbeat(struct master *m, struct proc *p, ev_tstam
         return;
     log_error("%s stuck: no heartbeat for %.1fs, killing it", proc_describe(p, who, sizeof(who)),
               now - p->last_heard);
-    p->killed_stuck = true;
-    if (kill(p->pid, SIGKILL) < 0 && errno != ESRCH)
-        log_errno(LOG_LEVEL_ERROR, "kill %ld", (long)p->pid);
+    supervise_kill_for(p, "stuck");
+}
+
+/* Spinning is judged on the shared counters: a spinning loop may still beat. */
+static void supervise_check_spin(struct master *m, struct proc *p, ev_tstamp now)
+{
+    char who[96], why[512];
+
+    if (p->pid <= 0 || p->killed_for != NULL || !p->ready)
+        return;
+    if (!spinguard_check(&p->spin, &m->shm.slots[proc_shm_slot(p)], p->gen->conf, now, why,
+                         sizeof(why)))
+        return;
+    log_error("%s spinning: %s; killing it", proc_describe(p, who, sizeof(who)), why);
+    supervise_kill_for(p, "spinning");
 }
 
 static void supervise_watchdog_cb(struct ev_loop *loop, ev_timer *timer, int revents)
@@ -554,6 +575,7 @@ static void supervise_watchdog_cb(struct ev_loop *loop, ev_timer *timer, int rev
             /* Reading a beat can retire and free the older generation: look again. */
             if (gen != (g == 0 ? m->current : m->old))
                 break;
+            supervise_check_spin(m, &gen->procs[s], now);
         }
     }
     timer->repeat = m->current->conf->heartbeat_interval;

@@ -154,7 +154,7 @@ def close_deadline_is_inactivity(t, cert, key, be):
     the close timeout ends the connection about close-timeout later."""
     port = st.free_port()
     conf = t.write_config([t.frontend(port, be.address, cert, key)], name="close-1.conf",
-                          close_timeout=1, idle_timeout=60)
+                          close_timeout=1, idle_timeout=60, log_connections=True)
     sl = t.start_sluice(conf, name="sluice-close-1")
     c = tc.BioClient(port, cert, timeout=st.scaled(5))
     c.handshake()
@@ -200,8 +200,8 @@ def close_deadline_is_inactivity(t, cert, key, be):
     t.ok(ev and ev[0]["bytes"] == sent > 0,
          "... every byte the client sent after close_notify reached the backend (%s of %d)"
          % (ev[0]["bytes"] if ev else "none", sent))
-    t.ok(sl.wait_log(r"connection closed: close timeout", st.scaled(2)),
-         "... and sluice logged it as a close timeout")
+    t.ok(sl.wait_log(r"event=connection .*reason=close_timeout state=closing", st.scaled(2)),
+         "... and the connection log gives its reason as close_timeout")
     sl.stop_and_check(what="sluice (close-timeout 1)")
 
 

@@ -13,25 +13,31 @@ import time
 import sluicetest as st
 
 MAGIC = 0x31454349554C5300
-HEADER = struct.Struct("<QIIIIIIQQiIqII")  # through permits_high_water
-SLOT = struct.Struct("<iIIIqqI")  # pid, generation, state, restarts, started, heartbeat, permits
+HEADER = struct.Struct("<QIIIIIIIIQQQQiIqII")  # through permits_high_water
+SLOT = struct.Struct("<iIIIqqI")  # pid, generation, state, reserved, started, heartbeat, permits
 READY = 2
+SLOTS_PER_GENERATION = 1024
 
 
 def read_segment(path):
     with open(path, "rb") as f:
-        data = f.read(1 << 20)
+        data = f.read(1 << 22)
     h = HEADER.unpack_from(data, 0)
     header = dict(zip(("magic", "version", "header_size", "slot_size", "nslots",
-                       "permit_capacity", "reserved", "slots_offset", "permits_offset",
+                       "permit_capacity", "reserved", "counters_size", "totals_count",
+                       "slots_offset", "permits_offset", "totals_offset", "file_size",
                        "master_pid", "generation", "started_ms", "permits_total",
                        "permits_high_water"), h))
+    totals_size = (header["permits_offset"] - header["totals_offset"]) // header["totals_count"]
     slots = []
     for i in range(header["nslots"]):
         off = header["slots_offset"] + i * header["slot_size"]
         if off + SLOT.size > len(data):
             break
-        pid, gen, state, restarts, started, beat, permits = SLOT.unpack_from(data, off)
+        pid, gen, state, _, started, beat, permits = SLOT.unpack_from(data, off)
+        worker = i % SLOTS_PER_GENERATION
+        restarts = struct.unpack_from("<I", data,
+                                      header["totals_offset"] + worker * totals_size)[0]
         if pid:
             slots.append({"index": i, "pid": pid, "generation": gen, "state": state,
                           "restarts": restarts, "heartbeat_ms": beat, "permits": permits})
@@ -56,8 +62,8 @@ def main(t):
 
     time.sleep(0.5)  # a heartbeat or two
     header, slots = read_segment(statsfile)
-    t.ok(header["magic"] == MAGIC and header["version"] == 1,
-         "header: magic and layout version 1 (%#x, %d)" % (header["magic"], header["version"]))
+    t.ok(header["magic"] == MAGIC and header["version"] == 2,
+         "header: magic and layout version 2 (%#x, %d)" % (header["magic"], header["version"]))
     t.ok(header["master_pid"] == sl.pid and header["generation"] == 1,
          "header: master pid %d, generation %d" % (header["master_pid"], header["generation"]))
     t.ok(header["permits_total"] == 37, "header: permits total %d" % header["permits_total"])

@@ -88,7 +88,7 @@ static bool accept_one(struct listener *l)
             return false;
         }
     }
-    w->stats.accepted++;
+    stats_add(&w->counters->accepted, 1);
     conn_new(w, l->fe, fd, (struct sockaddr *)&ss, sslen);
     return !w->accept_full;
 }
@@ -100,16 +100,18 @@ static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
 
     (void)loop;
     (void)revents;
-    l->worker->stats.wakeups++;
+    stats_add(&l->worker->counters->wakeups, 1);
     for (int i = 0; i < ACCEPT_BATCH; i++) {
-        unsigned long long before = l->worker->stats.accepted;
+        uint64_t before =
+            atomic_load_explicit(&l->worker->counters->accepted, memory_order_relaxed);
         bool more = accept_one(l);
-        accepted |= l->worker->stats.accepted != before;
+        accepted |=
+            atomic_load_explicit(&l->worker->counters->accepted, memory_order_relaxed) != before;
         if (!more)
             break;
     }
     if (!accepted)
-        l->worker->stats.spurious_wakeups++;
+        stats_add(&l->worker->counters->spurious_wakeups, 1);
 }
 
 static void accept_backoff_cb(struct ev_loop *loop, ev_timer *timer, int revents)

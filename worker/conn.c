@@ -13,9 +13,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "conf/addr.h"
+#include "lib/logfmt.h"
 #include "shm/permits.h"
 #include "worker/backend.h"
 #include "worker/handshake.h"
@@ -26,25 +28,45 @@
 
 #define SPIN_GUARD_STREAK 100 /* consecutive no-progress wake-ups before we call it a spin */
 
+#define NO_HANDSHAKE_RESULT SHM_HANDSHAKE_RESULTS
+
+/*
+ * Per end: the human line's words and level (a client's doing is info, and is logged
+ * only at debug unless log-connections asks for every connection; trouble on our side
+ * or the backend's is a warning), the stats, and the goodbye.
+ */
 static const struct {
     const char *what;
     enum log_level level;
+    enum shm_close_reason reason;
+    enum shm_handshake_result handshake; /* NO_HANDSHAKE_RESULT when not a handshake's end */
     bool notify_client; /* say close_notify first: the TLS session itself is healthy */
 } conn_ends[] = {
-    [END_DONE] = {"done", LOG_LEVEL_DEBUG, false},
-    [END_HANDSHAKE_TIMEOUT] = {"handshake timeout", LOG_LEVEL_INFO, false},
-    [END_HANDSHAKE_ABORTED] = {"aborted before ClientHello", LOG_LEVEL_INFO, false},
-    [END_HANDSHAKE_FAILED] = {"handshake failed", LOG_LEVEL_INFO, false},
-    [END_BACKEND_CONNECT_FAILED] = {"backend connect failed", LOG_LEVEL_WARNING, true},
-    [END_BACKEND_CONNECT_TIMEOUT] = {"backend connect timeout", LOG_LEVEL_WARNING, true},
-    [END_BACKEND_ERROR] = {"backend error", LOG_LEVEL_WARNING, true},
-    [END_CLIENT_ERROR] = {"client error", LOG_LEVEL_INFO, false},
-    [END_IDLE_TIMEOUT] = {"idle timeout", LOG_LEVEL_INFO, true},
-    [END_CLOSE_TIMEOUT] = {"close timeout", LOG_LEVEL_INFO, false},
-    [END_SPINNING] = {"spinning", LOG_LEVEL_WARNING, false},
-    [END_NO_RESOURCES] = {"out of resources", LOG_LEVEL_ERROR, true},
+    [END_DONE] = {"done", LOG_LEVEL_INFO, SHM_CLOSE_CLIENT_CLOSE, NO_HANDSHAKE_RESULT, false},
+    [END_HANDSHAKE_TIMEOUT] = {"handshake timeout", LOG_LEVEL_INFO, SHM_CLOSE_HANDSHAKE_TIMEOUT,
+                               SHM_HANDSHAKE_TIMEOUT, false},
+    [END_HANDSHAKE_ABORTED] = {"aborted before ClientHello", LOG_LEVEL_INFO,
+                               SHM_CLOSE_HANDSHAKE_ABORTED, SHM_HANDSHAKE_ABORTED, false},
+    [END_HANDSHAKE_FAILED] = {"handshake failed", LOG_LEVEL_INFO, SHM_CLOSE_HANDSHAKE_ERROR,
+                              SHM_HANDSHAKE_FAILED, false},
+    [END_BACKEND_CONNECT_FAILED] = {"backend connect failed", LOG_LEVEL_WARNING,
+                                    SHM_CLOSE_BACKEND_CONNECT_FAILED, NO_HANDSHAKE_RESULT, true},
+    [END_BACKEND_CONNECT_TIMEOUT] = {"backend connect timeout", LOG_LEVEL_WARNING,
+                                     SHM_CLOSE_BACKEND_CONNECT_FAILED, NO_HANDSHAKE_RESULT, true},
+    [END_BACKEND_ERROR] = {"backend error", LOG_LEVEL_WARNING, SHM_CLOSE_BACKEND_ERROR,
+                           NO_HANDSHAKE_RESULT, true},
+    [END_CLIENT_ERROR] = {"client error", LOG_LEVEL_INFO, SHM_CLOSE_CLIENT_ERROR,
+                          NO_HANDSHAKE_RESULT, false},
+    [END_IDLE_TIMEOUT] = {"idle timeout", LOG_LEVEL_INFO, SHM_CLOSE_IDLE_TIMEOUT,
+                          NO_HANDSHAKE_RESULT, true},
+    [END_CLOSE_TIMEOUT] = {"close timeout", LOG_LEVEL_INFO, SHM_CLOSE_CLOSE_TIMEOUT,
+                           NO_HANDSHAKE_RESULT, false},
+    [END_SPINNING] = {"spinning", LOG_LEVEL_WARNING, SHM_CLOSE_SPINNING, NO_HANDSHAKE_RESULT,
+                      false},
+    [END_NO_RESOURCES] = {"out of resources", LOG_LEVEL_ERROR, SHM_CLOSE_NO_RESOURCES,
+                          NO_HANDSHAKE_RESULT, true},
     /* Cut at drain-timeout: a close_notify would make a truncated stream look complete. */
-    [END_SHUTDOWN] = {"shutdown", LOG_LEVEL_INFO, false},
+    [END_SHUTDOWN] = {"shutdown", LOG_LEVEL_INFO, SHM_CLOSE_DRAINED, NO_HANDSHAKE_RESULT, false},
 };
 
 static const char *const conn_state_names[] = {
@@ -89,8 +111,20 @@ static double conn_state_timeout(const struct conn *c, enum conn_state state)
     return conf->idle_timeout;
 }
 
+uint64_t conn_clock_us(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
 void conn_set_state(struct conn *c, enum conn_state state)
 {
+    if (c->transitions > 0 && c->state == CONN_HANDSHAKE)
+        worker_handshakes_changed(c->worker, -1);
+    if (state == CONN_HANDSHAKE)
+        worker_handshakes_changed(c->worker, +1);
     conn_log(c, LOG_LEVEL_DEBUG, "%s -> %s",
              c->transitions == 0 ? "accepted" : conn_state_name(c->state), conn_state_name(state));
     c->state = state;
@@ -117,25 +151,90 @@ void conn_watch(struct conn *c, struct endpoint *ep, int events)
     ev_io_start(c->worker->loop, &ep->io);
 }
 
-static void conn_count_end(struct worker *w, enum conn_end end)
+static enum shm_close_reason conn_close_reason(const struct conn *c, enum conn_end end)
 {
-    switch (end) {
-    case END_HANDSHAKE_TIMEOUT:
-        w->stats.handshake_timeouts++;
-        break;
-    case END_HANDSHAKE_ABORTED:
-        w->stats.handshakes_aborted++;
-        break;
-    case END_HANDSHAKE_FAILED:
-        w->stats.handshakes_failed++;
-        break;
-    case END_BACKEND_CONNECT_FAILED:
-    case END_BACKEND_CONNECT_TIMEOUT:
-        w->stats.backend_failures++;
-        break;
-    default:
-        break;
+    if (end == END_DONE && c->ended_first == &c->backend)
+        return SHM_CLOSE_BACKEND_CLOSE;
+    return conn_ends[end].reason;
+}
+
+static void conn_count_close(struct conn *c, enum conn_end end, enum shm_close_reason reason)
+{
+    struct shm_counters *counters = c->worker->counters;
+
+    stats_add(&counters->closes[reason], 1);
+    if (conn_ends[end].handshake != NO_HANDSHAKE_RESULT)
+        stats_add(&counters->handshakes[conn_ends[end].handshake], 1);
+    if (reason == SHM_CLOSE_BACKEND_CONNECT_FAILED)
+        stats_add(&counters->backend_connect_failures, 1);
+}
+
+/* "192.0.2.1:443" or "[2001:db8::1]:443" as two logfmt fields. */
+static void conn_logfmt_peer(struct logfmt *f, const char *peer)
+{
+    const char *colon = strrchr(peer, ':');
+
+    if (colon == NULL || strncmp(peer, "unix:", 5) == 0) {
+        logfmt_str(f, "client", peer);
+        logfmt_str(f, "client_port", NULL);
+        return;
     }
+    bool bracketed = peer[0] == '[' && colon > peer && colon[-1] == ']';
+    logfmt_mem(f, "client", peer + bracketed, (size_t)(colon - peer) - 2 * bracketed);
+    logfmt_str(f, "client_port", colon + 1);
+}
+
+static void conn_logfmt_tls(struct logfmt *f, const struct conn *c)
+{
+    SSL *ssl = c->client.ssl;
+    const unsigned char *alpn = NULL;
+    unsigned alpn_len = 0;
+
+    logfmt_str(f, "sni", ssl != NULL ? SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name) : NULL);
+    if (c->handshake_done)
+        SSL_get0_alpn_selected(ssl, &alpn, &alpn_len);
+    logfmt_mem(f, "alpn", (const char *)alpn, alpn_len);
+    logfmt_str(f, "tls", c->handshake_done ? SSL_get_version(ssl) : NULL);
+    logfmt_str(f, "cipher", c->handshake_done ? SSL_get_cipher_name(ssl) : NULL);
+    logfmt_bool(f, "resumed", c->handshake_done && SSL_session_reused(ssl));
+    if (c->handshake_done)
+        logfmt_millis(f, "handshake_ms", (double)c->handshake_us / 1000.0);
+    else
+        logfmt_str(f, "handshake_ms", NULL);
+}
+
+/* The connection log's record: one logfmt line, whatever log-level says. */
+static void conn_log_record(const struct conn *c, enum conn_end end, enum shm_close_reason reason,
+                            const char *detail)
+{
+    char line[1536];
+    struct logfmt f;
+
+    logfmt_init(&f, line, sizeof(line));
+    logfmt_str(&f, "event", "connection");
+    conn_logfmt_peer(&f, c->peer);
+    logfmt_str(&f, "frontend", c->fe->conf->listen_text);
+    conn_logfmt_tls(&f, c);
+    logfmt_uint(&f, "bytes_client_to_backend", c->c2b.bytes);
+    logfmt_uint(&f, "bytes_backend_to_client", c->b2c.bytes);
+    logfmt_millis(&f, "duration_ms", (double)(conn_clock_us() - c->accepted_us) / 1000.0);
+    logfmt_str(&f, "reason", stats_close_reason_name(reason));
+    logfmt_str(&f, "state", conn_state_name(c->state));
+    logfmt_str(&f, "error", detail);
+    log_record(conn_ends[end].level, "%s", line);
+}
+
+static void conn_log_close(const struct conn *c, enum conn_end end, enum shm_close_reason reason,
+                           const char *detail)
+{
+    if (c->worker->conf->log_connections) {
+        conn_log_record(c, end, reason, detail);
+        return;
+    }
+    enum log_level level = conn_ends[end].level;
+    conn_log(c, level == LOG_LEVEL_INFO ? LOG_LEVEL_DEBUG : level,
+             "connection closed: %s%s%s (state %s, %llu bytes in, %llu out)", conn_ends[end].what,
+             detail[0] ? ": " : "", detail, conn_state_name(c->state), c->c2b.bytes, c->b2c.bytes);
 }
 
 static void conn_close_endpoint(struct conn *c, struct endpoint *ep)
@@ -157,10 +256,11 @@ void conn_close(struct conn *c, enum conn_end end, const char *fmt, ...)
         vsnprintf(detail, sizeof(detail), fmt, ap);
         va_end(ap);
     }
-    conn_log(c, conn_ends[end].level,
-             "connection closed: %s%s%s (state %s, %llu bytes in, %llu out)", conn_ends[end].what,
-             detail[0] ? ": " : "", detail, conn_state_name(c->state), c->c2b.bytes, c->b2c.bytes);
-    conn_count_end(w, end);
+    enum shm_close_reason reason = conn_close_reason(c, end);
+    conn_log_close(c, end, reason, detail);
+    conn_count_close(c, end, reason);
+    if (c->state == CONN_HANDSHAKE)
+        worker_handshakes_changed(w, -1);
     permit_release(c);
     /* Best effort and nonblocking: a client that cannot take the alert now loses nothing. */
     if (conn_ends[end].notify_client && c->state != CONN_HANDSHAKE &&
@@ -191,14 +291,14 @@ static void conn_account_wakeup(struct conn *c, unsigned long long before)
 {
     struct worker *w = c->worker;
 
-    w->stats.wakeups++;
+    stats_add(&w->counters->wakeups, 1);
     if (conn_progress_mark(c) != before) {
         c->spurious_streak = 0;
         c->last_activity = ev_now(w->loop);
         return;
     }
-    w->stats.spurious_wakeups++;
-    if (++c->spurious_streak >= SPIN_GUARD_STREAK)
+    stats_add(&w->counters->spurious_wakeups, 1);
+    if (++c->spurious_streak >= SPIN_GUARD_STREAK && w->conf->spin_guard)
         conn_close(c, END_SPINNING, "%u wake-ups in a row moved nothing", c->spurious_streak);
 }
 
@@ -277,6 +377,7 @@ void conn_new(struct worker *w, struct frontend *fe, int fd, const struct sockad
     c->worker = w;
     c->fe = fe;
     c->permit = PERMIT_NONE;
+    c->accepted_us = conn_clock_us();
     addr_format(sa, salen, c->peer, sizeof(c->peer));
     conn_init_endpoint(c, &c->client, "client");
     conn_init_endpoint(c, &c->backend, "backend");

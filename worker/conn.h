@@ -49,9 +49,9 @@ struct relay_dir {
     char *buf; /* the worker's scratch during a step; afterwards only bytes the sink refused */
     size_t start, end, cap;
     enum relay_dir_state state;
-    int src_blocked; /* readiness the source waits for before reading again, 0 if none */
-    int dst_blocked; /* readiness the sink waits for before writing again, 0 if none */
-    unsigned long long bytes;
+    int src_blocked;          /* readiness the source waits for before reading again, 0 if none */
+    int dst_blocked;          /* readiness the sink waits for before writing again, 0 if none */
+    unsigned long long bytes; /* delivered to the sink */
 };
 
 struct conn {
@@ -65,7 +65,11 @@ struct conn {
     ev_tstamp last_activity;
     unsigned long long transitions; /* state changes, which count as progress */
     unsigned spurious_streak;
+    uint64_t accepted_us;               /* monotonic clock */
+    uint64_t handshake_us;              /* accept to Finished, once the handshake is done */
+    const struct endpoint *ended_first; /* the side whose stream ended first, or NULL */
     bool hello_seen;
+    bool handshake_done;
     bool parked; /* waiting for a handshake permit */
     struct conn *park_prev, *park_next;
     uint32_t permit; /* permit cell held, or PERMIT_NONE */
@@ -77,6 +81,8 @@ void conn_new(struct worker *w, struct frontend *fe, int fd, const struct sockad
               socklen_t salen);
 void conn_set_state(struct conn *c, enum conn_state state);
 void conn_progressed(struct conn *c);
+/* Microseconds on the monotonic clock. */
+uint64_t conn_clock_us(void);
 /* The one teardown: logs "connection closed: <end>[: detail]", counts it, frees c. */
 void conn_close(struct conn *c, enum conn_end end, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -55,6 +55,31 @@ void handshake_start(struct conn *c)
     conn_watch(c, &c->client, EV_READ);
 }
 
+static enum shm_tls_version handshake_version(const SSL *ssl)
+{
+    switch (SSL_version(ssl)) {
+    case TLS1_3_VERSION:
+        return SHM_TLS_1_3;
+    case TLS1_2_VERSION:
+        return SHM_TLS_1_2;
+    default:
+        return SHM_TLS_OTHER;
+    }
+}
+
+static void handshake_count_success(struct conn *c)
+{
+    struct shm_counters *counters = c->worker->counters;
+
+    c->handshake_done = true;
+    c->handshake_us = conn_clock_us() - c->accepted_us;
+    stats_add(&counters->handshakes[SHM_HANDSHAKE_OK], 1);
+    stats_add(&counters->handshakes_by_version[handshake_version(c->client.ssl)], 1);
+    if (SSL_session_reused(c->client.ssl))
+        stats_add(&counters->handshakes_resumed, 1);
+    stats_record_handshake(counters, c->handshake_us);
+}
+
 static void handshake_log_success(struct conn *c)
 {
     const unsigned char *alpn;
@@ -89,7 +114,7 @@ int handshake_step(struct conn *c)
     int unsent = endpoint_output_pending(&c->client) ? EV_WRITE : 0;
     if (rc == 1) {
         permit_release(c);
-        c->worker->stats.handshakes_ok++;
+        handshake_count_success(c);
         handshake_log_success(c);
         return backend_connect(c);
     }

@@ -42,7 +42,7 @@ static void permit_park(struct conn *c)
     else
         w->parked_head = c;
     w->parked_tail = c;
-    w->stats.permit_waits++;
+    stats_add(&w->counters->permit_waits, 1);
     conn_log(c, LOG_LEVEL_DEBUG, "no handshake permit free: parked");
     if (!ev_is_active(&w->permit_retry_timer)) {
         ev_timer_set(&w->permit_retry_timer, PERMIT_RETRY_INTERVAL, PERMIT_RETRY_INTERVAL);

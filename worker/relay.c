@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "worker/conn.h"
+#include "worker/fault.h"
 #include "worker/sockbio.h"
 #include "worker/worker.h"
 
@@ -95,9 +96,6 @@ static enum step relay_read_once(struct conn *c, struct relay_dir *d)
     case IO_DONE:
         d->src_blocked = want;
         d->end += n;
-        d->bytes += n;
-        *(d == &c->c2b ? &c->worker->stats.bytes_client_to_backend
-                       : &c->worker->stats.bytes_backend_to_client) += n;
         return STEP_MOVED;
     case IO_AGAIN:
         d->src_blocked = want;
@@ -106,6 +104,8 @@ static enum step relay_read_once(struct conn *c, struct relay_dir *d)
         return STEP_IDLE;
     case IO_EOF:
         conn_log(c, LOG_LEVEL_DEBUG, "%s ended its stream", d->src->name);
+        if (c->ended_first == NULL)
+            c->ended_first = d->src;
         d->state = DIR_DRAINING;
         if (relay_buffered(d) == 0)
             relay_drop_buffer(c, d);
@@ -128,6 +128,10 @@ static enum step relay_write_once(struct conn *c, struct relay_dir *d)
     case IO_DONE:
         d->dst_blocked = want;
         d->start += n;
+        d->bytes += n;
+        stats_add(d == &c->c2b ? &c->worker->counters->bytes_client_to_backend
+                               : &c->worker->counters->bytes_backend_to_client,
+                  n);
         if (d->start == d->end)
             relay_drop_buffer(c, d);
         return STEP_MOVED;
@@ -217,7 +221,8 @@ static void relay_watch(struct conn *c)
 {
     conn_watch(c, &c->client,
                relay_interest(&c->c2b, &c->client) | relay_interest(&c->b2c, &c->client) |
-                   (endpoint_output_pending(&c->client) ? EV_WRITE : 0));
+                   (endpoint_output_pending(&c->client) ? EV_WRITE : 0) |
+                   fault_extra_client_events(c));
     conn_watch(c, &c->backend,
                relay_interest(&c->c2b, &c->backend) | relay_interest(&c->b2c, &c->backend));
 }

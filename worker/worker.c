@@ -28,6 +28,7 @@ void worker_conn_added(struct worker *w, struct conn *c)
         w->conns->prev = c;
     w->conns = c;
     w->nconns++;
+    atomic_store_explicit(&w->shm_slot->active_connections, w->nconns, memory_order_relaxed);
     if (w->nconns >= w->conf->max_connections)
         accept_update(w);
 }
@@ -41,10 +42,17 @@ void worker_conn_removed(struct worker *w, struct conn *c)
     if (c->next != NULL)
         c->next->prev = c->prev;
     w->nconns--;
+    atomic_store_explicit(&w->shm_slot->active_connections, w->nconns, memory_order_relaxed);
     if (w->accept_full)
         accept_update(w);
     if (w->draining && w->nconns == 0)
         ev_break(w->loop, EVBREAK_ALL);
+}
+
+void worker_handshakes_changed(struct worker *w, int delta)
+{
+    w->nhandshakes += (unsigned)delta;
+    atomic_store_explicit(&w->shm_slot->active_handshakes, w->nhandshakes, memory_order_relaxed);
 }
 
 static void worker_close_all(struct worker *w)
@@ -131,40 +139,24 @@ static void worker_unwatch_signals(struct worker *w)
     }
 }
 
-/* Single writer (this worker), so plain stores; readers see each counter whole. */
-static void worker_publish_stats(const struct worker *w)
-{
-    struct shm_counters *out = &w->spec->shm->slots[w->spec->shm_slot].counters;
-    const struct worker_stats *s = &w->stats;
-
-    atomic_store_explicit(&out->accepted, s->accepted, memory_order_relaxed);
-    atomic_store_explicit(&out->handshakes_ok, s->handshakes_ok, memory_order_relaxed);
-    atomic_store_explicit(&out->handshakes_failed, s->handshakes_failed, memory_order_relaxed);
-    atomic_store_explicit(&out->handshake_timeouts, s->handshake_timeouts, memory_order_relaxed);
-    atomic_store_explicit(&out->handshakes_aborted, s->handshakes_aborted, memory_order_relaxed);
-    atomic_store_explicit(&out->permit_waits, s->permit_waits, memory_order_relaxed);
-    atomic_store_explicit(&out->backend_failures, s->backend_failures, memory_order_relaxed);
-    atomic_store_explicit(&out->bytes_client_to_backend, s->bytes_client_to_backend,
-                          memory_order_relaxed);
-    atomic_store_explicit(&out->bytes_backend_to_client, s->bytes_backend_to_client,
-                          memory_order_relaxed);
-    atomic_store_explicit(&out->wakeups, s->wakeups, memory_order_relaxed);
-    atomic_store_explicit(&out->spurious_wakeups, s->spurious_wakeups, memory_order_relaxed);
-    atomic_store_explicit(&out->active_connections, w->nconns, memory_order_relaxed);
-}
-
+/* The exit line: what this process counted, for the log and for tests that read it. */
 static void worker_log_stats(const struct worker *w)
 {
-    const struct worker_stats *s = &w->stats;
+    struct stats_counters s;
 
+    stats_read(w->counters, &s);
     log_info("stats: accepted=%llu handshakes_ok=%llu handshakes_failed=%llu "
              "handshake_timeouts=%llu handshakes_aborted=%llu permit_waits=%llu "
              "backend_failures=%llu bytes_client_to_backend=%llu bytes_backend_to_client=%llu "
              "wakeups=%llu spurious_wakeups=%llu log_lines_dropped=%lu",
-             s->accepted, s->handshakes_ok, s->handshakes_failed, s->handshake_timeouts,
-             s->handshakes_aborted, s->permit_waits, s->backend_failures,
-             s->bytes_client_to_backend, s->bytes_backend_to_client, s->wakeups,
-             s->spurious_wakeups, log_dropped_lines());
+             (unsigned long long)s.accepted, (unsigned long long)s.handshakes[SHM_HANDSHAKE_OK],
+             (unsigned long long)s.handshakes[SHM_HANDSHAKE_FAILED],
+             (unsigned long long)s.handshakes[SHM_HANDSHAKE_TIMEOUT],
+             (unsigned long long)s.handshakes[SHM_HANDSHAKE_ABORTED],
+             (unsigned long long)s.permit_waits, (unsigned long long)s.backend_connect_failures,
+             (unsigned long long)s.bytes_client_to_backend,
+             (unsigned long long)s.bytes_backend_to_client, (unsigned long long)s.wakeups,
+             (unsigned long long)s.spurious_wakeups, log_dropped_lines());
 }
 
 /* The control watcher and the heartbeat do not keep the loop alive: ref before stopping. */
@@ -192,7 +184,7 @@ static void worker_stop_control(struct worker *w)
  */
 static void worker_trim_heap_when_quiet(struct worker *w)
 {
-    unsigned long long accepted = w->stats.accepted;
+    uint64_t accepted = atomic_load_explicit(&w->counters->accepted, memory_order_relaxed);
 
     if (accepted == w->accepted_at_beat && accepted != w->accepted_at_trim) {
         malloc_trim(0);
@@ -212,9 +204,8 @@ static void worker_heartbeat_cb(struct ev_loop *loop, ev_timer *timer, int reven
 
     (void)loop;
     (void)revents;
-    atomic_store_explicit(&w->spec->shm->slots[w->spec->shm_slot].heartbeat_ms, shm_now_ms(),
-                          memory_order_relaxed);
-    worker_publish_stats(w);
+    atomic_store_explicit(&w->shm_slot->heartbeat_ms, shm_now_ms(), memory_order_relaxed);
+    stats_set(&w->counters->log_lines_dropped, log_dropped_lines());
     worker_trim_heap_when_quiet(w);
     if (control_send(w->spec->control_fd, type, 0, -1) < 0) {
         if (errno != EAGAIN)
@@ -227,7 +218,7 @@ static void worker_heartbeat_cb(struct ev_loop *loop, ev_timer *timer, int reven
     }
     if (!w->ready_sent) {
         w->ready_sent = true;
-        fault_after_ready(w->loop, w->spec->slot, w->spec->generation);
+        fault_after_ready(w);
     }
 }
 
@@ -311,6 +302,8 @@ int worker_main(const struct worker_spec *spec)
         .frontends = spec->frontends,
         .nfrontends = spec->nfrontends,
         .loop = EV_DEFAULT,
+        .shm_slot = &spec->shm->slots[spec->shm_slot],
+        .counters = &spec->shm->slots[spec->shm_slot].counters,
     };
 
     fault_at_start(spec->slot, spec->generation);
@@ -332,7 +325,7 @@ int worker_main(const struct worker_spec *spec)
     accept_free(&w);
     worker_unwatch_master(&w);
     worker_unwatch_signals(&w);
-    worker_publish_stats(&w);
+    stats_set(&w.counters->log_lines_dropped, log_dropped_lines());
     worker_log_stats(&w);
     return 0;
 }

@@ -36,20 +36,6 @@ struct worker_spec {
     void *forget_parent_arg;
 };
 
-struct worker_stats {
-    unsigned long long accepted;
-    unsigned long long handshakes_ok;
-    unsigned long long handshakes_failed;
-    unsigned long long handshake_timeouts;
-    unsigned long long handshakes_aborted;
-    unsigned long long permit_waits;
-    unsigned long long backend_failures;
-    unsigned long long wakeups;
-    unsigned long long spurious_wakeups;
-    unsigned long long bytes_client_to_backend;
-    unsigned long long bytes_backend_to_client;
-};
-
 struct worker {
     struct ev_loop *loop;
     const struct worker_spec *spec;
@@ -59,6 +45,7 @@ struct worker {
     struct listener **listeners; /* per slot: NULL, or one listener per frontend */
     struct conn *conns;          /* every live connection, for drain and shutdown */
     unsigned nconns;
+    unsigned nhandshakes; /* of them, in the handshake state */
     bool draining;
     ev_timer drain_timer;
     ev_signal sig_term, sig_int, sig_quit, sig_hup, sig_usr1;
@@ -75,14 +62,18 @@ struct worker {
     struct conn *parked_head, *parked_tail;
     ev_timer permit_retry_timer;
     uint32_t permit_hint;
-    struct worker_stats stats;
+    /* this worker's row of the shared segment: counted into as things happen */
+    struct shm_slot *shm_slot;
+    struct shm_counters *counters;
     /* accepted counts at the last heartbeat and at the last heap trim */
-    unsigned long long accepted_at_beat, accepted_at_trim;
+    uint64_t accepted_at_beat, accepted_at_trim;
 };
 
 /* A forked worker's whole life: serve until retired, signalled or orphaned. Exit status. */
 int worker_main(const struct worker_spec *spec);
 void worker_conn_added(struct worker *w, struct conn *c);
 void worker_conn_removed(struct worker *w, struct conn *c);
+/* A connection enters (+1) or leaves (-1) the handshake state. */
+void worker_handshakes_changed(struct worker *w, int delta);
 
 #endif
