@@ -7,8 +7,9 @@ import shutil
 
 import sluicetest as st
 
-PAGES = ["man/sluice.8", "man/sluice.conf.5"]
-INSTALLED = ["sbin/sluice", "share/man/man8/sluice.8", "share/man/man5/sluice.conf.5",
+PAGES = ["man/sluice.8", "man/sluice.conf.5", "man/sluicestat.8"]
+INSTALLED = ["sbin/sluice", "bin/sluicestat", "share/man/man8/sluice.8",
+             "share/man/man8/sluicestat.8", "share/man/man5/sluice.conf.5",
              "share/doc/sluice/examples/sluice.conf", "share/doc/sluice/contrib/sluice.init",
              "share/doc/sluice/contrib/sluice.service",
              "share/doc/sluice/contrib/sluice.logrotate",

@@ -45,6 +45,7 @@ import traceback
 
 FACTOR = float(os.environ.get("SLUICE_TEST_TIME_FACTOR") or "1")
 SLUICE = os.environ.get("SLUICE", "")
+SLUICESTAT = os.environ.get("SLUICESTAT", "")
 SRCDIR = os.environ.get("SLUICE_SRCDIR", "")
 KEEP_TMP = os.environ.get("SLUICE_KEEP_TMP") == "1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
