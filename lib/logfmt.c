@@ -57,37 +57,46 @@ static size_t logfmt_escape(unsigned char ch, char out[5])
     return 1;
 }
 
-/* Appends "key=" and the value; the pair is dropped whole if it does not fit. */
+/* Escaped value bytes into dst (room for at most LOGFMT_VALUE_MAX + 1); its length. */
+static size_t logfmt_value(char *dst, const unsigned char *v, size_t len, bool bare)
+{
+    size_t used = 0;
+    char piece[5];
+
+    for (size_t i = 0; i < len; i++) {
+        size_t plen = bare ? (piece[0] = (char)v[i], 1) : logfmt_escape(v[i], piece);
+        if (used + plen > LOGFMT_VALUE_MAX - 3) {
+            memcpy(dst + used, "...", 3); /* cut, and saying so */
+            return used + 3;
+        }
+        memcpy(dst + used, piece, plen);
+        used += plen;
+    }
+    return used;
+}
+
+/*
+ * Appends "key=" and the value, cut to LOGFMT_VALUE_MAX characters so that one long
+ * value cannot crowd out the keys after it; a pair that still does not fit ends the
+ * record.
+ */
 static void logfmt_put(struct logfmt *f, const char *key, const char *value, size_t len)
 {
     const unsigned char *v = (const unsigned char *)value;
-    size_t start = f->len, used = f->len;
     bool bare = logfmt_bare(v, len);
-    char piece[5];
+    char escaped[LOGFMT_VALUE_MAX + 1];
 
     if (f->cut)
         return;
-    int n =
-        snprintf(f->buf + used, f->size - used, "%s%s=%s", used ? " " : "", key, bare ? "" : "\"");
-    if (n < 0 || (size_t)n >= f->size - used)
-        goto cut;
-    used += (size_t)n;
-    for (size_t i = 0; i < len; i++) {
-        size_t plen = bare ? (piece[0] = (char)v[i], 1) : logfmt_escape(v[i], piece);
-        if (plen + 2 > f->size - used) /* room for the closing quote and the NUL */
-            goto cut;
-        memcpy(f->buf + used, piece, plen);
-        used += plen;
+    size_t vlen = logfmt_value(escaped, v, len, bare);
+    int n = snprintf(f->buf + f->len, f->size - f->len, "%s%s=%s%.*s%s", f->len ? " " : "", key,
+                     bare ? "" : "\"", (int)vlen, escaped, bare ? "" : "\"");
+    if (n < 0 || (size_t)n >= f->size - f->len) {
+        f->buf[f->len] = '\0';
+        f->cut = true;
+        return;
     }
-    if (!bare)
-        f->buf[used++] = '"';
-    f->buf[used] = '\0';
-    f->len = used;
-    return;
-cut:
-    f->buf[start] = '\0';
-    f->len = start;
-    f->cut = true;
+    f->len += (size_t)n;
 }
 
 void logfmt_mem(struct logfmt *f, const char *key, const char *value, size_t len)

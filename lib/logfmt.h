@@ -5,10 +5,14 @@
  * One logfmt record (key=value pairs separated by spaces) built into a caller's buffer.
  * Values come from clients (SNI, ALPN) and from OpenSSL: anything but plain printable
  * ASCII is quoted and escaped, so a hostile value can neither forge a key nor break
- * the line. A record that does not fit ends before the first pair that did not.
+ * the line. A value is cut to LOGFMT_VALUE_MAX characters (ending in "...") so the
+ * record's later keys keep their place; a record that still does not fit ends before
+ * the first pair that did not.
  */
 #include <stdbool.h>
 #include <stddef.h>
+
+#define LOGFMT_VALUE_MAX 260 /* a DNS name of 253 printable bytes fits whole */
 
 struct logfmt {
     char *buf;
