@@ -380,27 +380,35 @@ def check_stuck_fold(t, statsfile):
          "a warning (%s %r)" % (el, rc, err.strip()))
 
 
+def watch_for(args, steps):
+    """Run sluicestat -w 0.2 ARGS, calling each of steps then sleeping 0.7 s; then
+    SIGTERM. Returns (exit status, stdout, stderr) as text."""
+    p = st.spawn([st.SLUICESTAT, "-w", "0.2"] + args, stdin=subprocess.DEVNULL,
+                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    for step in steps:
+        step()
+        time.sleep(0.7)
+    p.send_signal(signal.SIGTERM)
+    try:
+        out, err = p.communicate(timeout=st.scaled(5))
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+    return p.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+
+
 def check_watch(t, statsfile):
     for fmt, min_looks in (([], 3), (["-j"], 3)):
-        p = st.spawn([st.SLUICESTAT, "-f", statsfile, "-w", "0.2"] + fmt,
-                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        time.sleep(1.1)
-        p.send_signal(signal.SIGTERM)
-        try:
-            out, err = p.communicate(timeout=st.scaled(5))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            out, err = p.communicate()
-        out = out.decode(errors="replace")
+        rc, out, _ = watch_for(["-f", statsfile] + fmt, [lambda: None, lambda: None])
         if not fmt:
             looks = out.split("\n\n")
             good = all(HEADER.match(lk.split("\n")[0]) for lk in looks)
-            t.ok(p.returncode == 0 and len(looks) >= min_looks and good and "\033" not in out,
+            t.ok(rc == 0 and len(looks) >= min_looks and good and "\033" not in out,
                  "-w 0.2 into a pipe: %d tables separated by blank lines, no screen "
-                 "clearing, exit 0 on SIGTERM (%s)" % (len(looks), p.returncode))
+                 "clearing, exit 0 on SIGTERM (%s)" % (len(looks), rc))
             continue
         docs = [json.loads(ln) for ln in out.splitlines()]
-        t.ok(p.returncode == 0 and len(docs) >= min_looks,
+        t.ok(rc == 0 and len(docs) >= min_looks,
              "-j -w 0.2: %d JSON lines, exit 0 on SIGTERM" % len(docs))
         first = [d["totals"]["rates"]["accepted"] for d in docs]
         p50 = [d["totals"]["handshake_p50_seconds"] for d in docs]
@@ -413,23 +421,13 @@ def check_watch(t, statsfile):
 def check_watch_survives(t, statsfile):
     """-w goes on through looks that fail (no file yet) and shows sluice once it is there."""
     missing = statsfile + ".not-yet"
-    p = st.spawn([st.SLUICESTAT, "-f", missing, "-w", "0.2"], stdin=subprocess.DEVNULL,
-                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(0.7)
-    os.link(statsfile, missing)
-    time.sleep(0.7)
-    p.send_signal(signal.SIGTERM)
-    try:
-        out, err = p.communicate(timeout=st.scaled(5))
-    except subprocess.TimeoutExpired:
-        p.kill()
-        out, err = p.communicate()
+    rc, out, err = watch_for(["-f", missing],
+                             [lambda: None, lambda: os.link(statsfile, missing)])
     os.unlink(missing)
-    out, err = out.decode(errors="replace"), err.decode(errors="replace")
-    t.ok(p.returncode == 0 and "No such file or directory" in err
+    t.ok(rc == 0 and "No such file or directory" in err
          and HEADER.match(out.split("\n")[0] if out else ""),
          "-w on a file that appears later: reports the missing file, keeps watching, then "
-         "shows the table (exit %s, %d bytes out)" % (p.returncode, len(out)))
+         "shows the table (exit %s, %d bytes out)" % (rc, len(out)))
 
 
 def check_master_gone(t, sl, statsfile, pids):
