@@ -426,8 +426,8 @@ static int parse_ticket_key_file(struct parser *p, const config_setting_t *s,
 {
     if (parse_path(p, s, rule, base) < 0)
         return -1;
-    if (((struct conf_tls *)base)->ticket_key_file[0] != '\0')
-        return conf_fail(p, s, "%s is not supported in this version", rule->name);
+    /* The file itself is read with the TLS contexts (ticketkeys_install), also on HUP. */
+    ((struct conf_tls *)base)->ticket_key_file_origin = conf_origin_of(p, s);
     return 0;
 }
 

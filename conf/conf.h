@@ -28,8 +28,9 @@ struct conf_tls {
     char *ciphersuites;
     char *groups;
     bool session_tickets;
-    char *ticket_key_file;
+    char *ticket_key_file; /* "" when none: the master's own keys */
     struct conf_origin protocols_origin, ciphers_origin, ciphersuites_origin, groups_origin;
+    struct conf_origin ticket_key_file_origin;
 };
 
 enum conf_verify_client { VERIFY_CLIENT_NONE, VERIFY_CLIENT_OPTIONAL, VERIFY_CLIENT_REQUIRE };

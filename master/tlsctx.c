@@ -172,7 +172,7 @@ SSL_CTX *tlsctx_build(const struct conf_frontend *fe, char *err, size_t errsize)
         SSL_CTX_free(ctx);
         return NULL;
     }
-    if (fe->tls.session_tickets && ticketkeys_install(ctx, err, errsize) < 0) {
+    if (fe->tls.session_tickets && ticketkeys_install(ctx, &fe->tls, err, errsize) < 0) {
         SSL_CTX_free(ctx);
         return NULL;
     }
