@@ -516,16 +516,19 @@ static int parse_backend(struct parser *p, const config_setting_t *s, const stru
 static int parse_proxy_protocol(struct parser *p, const config_setting_t *s,
                                 const struct key_rule *rule, void *base)
 {
+    static const char *const names[] = {
+        [PROXY_PROTOCOL_OFF] = "off", [PROXY_PROTOCOL_V1] = "v1", [PROXY_PROTOCOL_V2] = "v2"};
     const char *value = NULL;
 
     if (setting_string(p, s, &value) < 0)
         return -1;
-    if (strcmp(value, "off") != 0 && strcmp(value, "v1") != 0 && strcmp(value, "v2") != 0)
-        return conf_fail(p, s, "%s must be off, v1 or v2", rule->name);
-    if (strcmp(value, "off") != 0)
-        return conf_fail(p, s, "%s = \"%s\" is not supported in this version", rule->name, value);
-    ((struct conf_frontend *)base)->proxy_protocol = PROXY_PROTOCOL_OFF;
-    return 0;
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (strcmp(value, names[i]) == 0) {
+            ((struct conf_frontend *)base)->proxy_protocol = (enum conf_proxy_protocol)i;
+            return 0;
+        }
+    }
+    return conf_fail(p, s, "%s must be off, v1 or v2", rule->name);
 }
 
 static int parse_accept_proxy(struct parser *p, const config_setting_t *s,
@@ -643,6 +646,7 @@ static const struct key_rule frontend_rules[] = {
     {"listen", parse_listen, offsetof(struct conf_frontend, listen_text), 1, 0},
     {"backend", parse_backend, offsetof(struct conf_frontend, backend_text), 1, 0},
     {"proxy-protocol", parse_proxy_protocol, 0, 0, 0},
+    {"proxy-crc", parse_bool, offsetof(struct conf_frontend, proxy_crc), 0, 0},
     {"accept-proxy", parse_accept_proxy, offsetof(struct conf_frontend, accept_proxy), 0, 0},
     {"certs", parse_certs, 0, 0, 0},
     {"alpn", parse_alpn, 0, 0, 0},
@@ -662,6 +666,8 @@ static int conf_frontend_check(struct parser *p, const config_setting_t *s,
         return conf_fail(p, s, "frontend needs certs = ( { cert = ...; key = ...; } )");
     if (fe->verify_client != VERIFY_CLIENT_NONE && fe->client_ca[0] == '\0')
         return conf_fail(p, s, "verify-client needs client-ca");
+    if (fe->proxy_crc && fe->proxy_protocol != PROXY_PROTOCOL_V2)
+        return conf_fail(p, s, "proxy-crc needs proxy-protocol = \"v2\"");
     for (size_t i = 0; i < (size_t)(fe - p->conf->frontends); i++) {
         if (addr_listen_conflict(&p->conf->frontends[i].listen, &fe->listen))
             return conf_fail(p, s, "listen \"%s\" overlaps \"%s\" of the frontend at line %d",

@@ -42,6 +42,7 @@ struct conf_frontend {
     char *backend_text;
     struct addr backend;
     enum conf_proxy_protocol proxy_protocol;
+    bool proxy_crc; /* PP2_TYPE_CRC32C in the v2 header */
     bool accept_proxy;
     struct conf_cert *certs;
     size_t ncerts;

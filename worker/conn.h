@@ -52,6 +52,7 @@ struct relay_dir {
     int src_blocked;          /* readiness the source waits for before reading again, 0 if none */
     int dst_blocked;          /* readiness the sink waits for before writing again, 0 if none */
     unsigned long long bytes; /* delivered to the sink */
+    size_t own_bytes; /* leading buffered bytes of our own (the PROXY header): not counted */
 };
 
 struct conn {

@@ -14,6 +14,7 @@
 
 #include "worker/conn.h"
 #include "worker/fault.h"
+#include "worker/proxyheader.h"
 #include "worker/sockbio.h"
 #include "worker/worker.h"
 
@@ -125,16 +126,19 @@ static enum step relay_write_once(struct conn *c, struct relay_dir *d)
     if (relay_buffered(d) == 0 || d->dst_blocked)
         return STEP_IDLE;
     switch (d->dst->ops->write(d->dst, d->buf + d->start, relay_buffered(d), &n, &want)) {
-    case IO_DONE:
+    case IO_DONE: {
+        size_t own = n < d->own_bytes ? n : d->own_bytes;
+        d->own_bytes -= own;
         d->dst_blocked = want;
         d->start += n;
-        d->bytes += n;
+        d->bytes += n - own;
         stats_add(d == &c->c2b ? &c->worker->counters->bytes_client_to_backend
                                : &c->worker->counters->bytes_backend_to_client,
-                  n);
+                  n - own);
         if (d->start == d->end)
             relay_drop_buffer(c, d);
         return STEP_MOVED;
+    }
     case IO_AGAIN:
         d->dst_blocked = want;
         return STEP_IDLE;
@@ -286,6 +290,23 @@ static int relay_pump(struct conn *c)
     return 0;
 }
 
+/* The PROXY header leads the client-to-backend buffer: the relay's writes send it first. */
+static bool relay_proxy_header(struct conn *c)
+{
+    struct relay_dir *d = &c->c2b;
+
+    if (!relay_make_room(c, d)) {
+        conn_close(c, END_NO_RESOURCES, "no memory for a relay buffer");
+        return false;
+    }
+    d->end = d->own_bytes = proxyheader_build(c, d->buf, d->cap);
+    if (d->end == 0) {
+        conn_close(c, END_NO_RESOURCES, "the PROXY header does not fit in %zu bytes", d->cap);
+        return false;
+    }
+    return true;
+}
+
 int relay_start(struct conn *c)
 {
     /*
@@ -297,6 +318,8 @@ int relay_start(struct conn *c)
         .src = &c->client, .dst = &c->backend, .src_blocked = client_drained ? EV_READ : 0};
     c->b2c = (struct relay_dir){.src = &c->backend, .dst = &c->client, .src_blocked = EV_READ};
     conn_set_state(c, CONN_RELAY);
+    if (c->fe->conf->proxy_protocol != PROXY_PROTOCOL_OFF && !relay_proxy_header(c))
+        return -1;
     return relay_pump(c);
 }
 
