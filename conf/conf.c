@@ -600,6 +600,19 @@ static int parse_client_ca(struct parser *p, const config_setting_t *s, const st
     return 0;
 }
 
+static int parse_crl(struct parser *p, const config_setting_t *s, const struct key_rule *rule,
+                     void *base)
+{
+    struct conf_frontend *fe = base;
+
+    if (parse_path(p, s, rule, base) < 0)
+        return -1;
+    fe->crl_origin = conf_origin_of(p, s);
+    if (fe->crl[0] != '\0')
+        return conf_check_readable(p, s, "crl", fe->crl);
+    return 0;
+}
+
 static const struct key_rule cert_rules[] = {
     {"cert", parse_path, offsetof(struct conf_cert, cert), 0, 0},
     {"key", parse_path, offsetof(struct conf_cert, key), 0, 0},
@@ -652,6 +665,8 @@ static const struct key_rule frontend_rules[] = {
     {"alpn", parse_alpn, 0, 0, 0},
     {"client-ca", parse_client_ca, offsetof(struct conf_frontend, client_ca), 0, 0},
     {"verify-client", parse_verify_client, 0, 0, 0},
+    {"crl", parse_crl, offsetof(struct conf_frontend, crl), 0, 0},
+    {"sni-strict", parse_bool, offsetof(struct conf_frontend, sni_strict), 0, 0},
     {"tls", parse_frontend_tls, 0, 0, 0},
 };
 
@@ -666,6 +681,8 @@ static int conf_frontend_check(struct parser *p, const config_setting_t *s,
         return conf_fail(p, s, "frontend needs certs = ( { cert = ...; key = ...; } )");
     if (fe->verify_client != VERIFY_CLIENT_NONE && fe->client_ca[0] == '\0')
         return conf_fail(p, s, "verify-client needs client-ca");
+    if (fe->crl[0] != '\0' && fe->verify_client == VERIFY_CLIENT_NONE)
+        return conf_fail(p, s, "crl needs verify-client = \"optional\" or \"require\"");
     if (fe->proxy_crc && fe->proxy_protocol != PROXY_PROTOCOL_V2)
         return conf_fail(p, s, "proxy-crc needs proxy-protocol = \"v2\"");
     for (size_t i = 0; i < (size_t)(fe - p->conf->frontends); i++) {
@@ -699,8 +716,10 @@ static int conf_parse_frontends(struct parser *p, const config_setting_t *s)
         conf->nfrontends++;
         fe->origin = conf_origin_of(p, entry);
         fe->client_ca_origin = fe->origin;
+        fe->crl_origin = fe->origin;
         if (conf_tls_copy(p, entry, &conf->tls, &fe->tls) < 0 ||
             conf_strdup(p, entry, "", &fe->client_ca) < 0 ||
+            conf_strdup(p, entry, "", &fe->crl) < 0 ||
             conf_parse_group(p, entry, frontend_rules,
                              sizeof(frontend_rules) / sizeof(frontend_rules[0]), fe, NULL) < 0 ||
             conf_frontend_check(p, entry, fe) < 0)
@@ -873,6 +892,7 @@ void conf_free(struct conf *conf)
         free(fe->backend_text);
         free(fe->alpn_wire);
         free(fe->client_ca);
+        free(fe->crl);
         conf_tls_free(&fe->tls);
     }
     free(conf->frontends);

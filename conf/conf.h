@@ -49,9 +49,11 @@ struct conf_frontend {
     unsigned char *alpn_wire; /* ALPN protocol list in wire format (length-prefixed) */
     size_t alpn_wire_len;
     char *client_ca;
+    char *crl; /* "" when none */
     enum conf_verify_client verify_client;
+    bool sni_strict; /* refuse a missing or unknown server name instead of the default */
     struct conf_tls tls;
-    struct conf_origin origin, client_ca_origin;
+    struct conf_origin origin, client_ca_origin, crl_origin;
 };
 
 struct conf {

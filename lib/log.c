@@ -354,10 +354,12 @@ void log_errno(enum log_level level, const char *fmt, ...)
 const char *log_ssl_reasons(char *buf, unsigned long size)
 {
     unsigned long code;
+    const char *data;
+    int flags;
     size_t used = 0;
 
     buf[0] = '\0';
-    while ((code = ERR_get_error()) != 0) {
+    while ((code = ERR_get_error_all(NULL, NULL, NULL, &data, &flags)) != 0) {
         const char *reason = ERR_reason_error_string(code);
         char fallback[32];
 
@@ -367,7 +369,10 @@ const char *log_ssl_reasons(char *buf, unsigned long size)
         }
         if (used + 3 >= size)
             continue; /* keep draining: stale errors would confuse the next caller */
-        int n = snprintf(buf + used, size - used, "%s%s", used ? ": " : "", reason);
+        /* The detail a caller attached, such as the file or name it was about. */
+        bool detail = (flags & ERR_TXT_STRING) && data != NULL && data[0] != '\0';
+        int n = snprintf(buf + used, size - used, "%s%s%s%s%s", used ? ": " : "", reason,
+                         detail ? " (" : "", detail ? data : "", detail ? ")" : "");
         if (n > 0)
             used = (size_t)n >= size - used ? size - 1 : used + (size_t)n;
     }

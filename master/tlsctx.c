@@ -3,16 +3,18 @@
 #include "master/tlsctx.h"
 
 #include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/x509.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <time.h>
 
 #include "lib/log.h"
+#include "master/sni.h"
 #include "master/ticketkeys.h"
 
 #define CERT_EXPIRY_WARN_DAYS 30
-#define TLSCTX_MAX_KEY_TYPES 8
 
 static int tlsctx_fail(char *err, size_t errsize, struct conf_origin origin, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -72,36 +74,38 @@ static void tlsctx_warn_expiry(const struct conf_cert *cert, X509 *x509)
                     cert->cert, when);
 }
 
-static int tlsctx_certs(SSL_CTX *ctx, const struct conf_frontend *fe, char *err, size_t errsize)
+/* The certificate file's first certificate: its names, key type and expiry. */
+static X509 *tlsctx_read_leaf(const struct conf_cert *cert, char *err, size_t errsize)
 {
-    int key_types[TLSCTX_MAX_KEY_TYPES];
-    size_t nkey_types = 0;
+    BIO *bio = BIO_new_file(cert->cert, "r");
+    X509 *leaf = bio != NULL ? PEM_read_bio_X509(bio, NULL, NULL, NULL) : NULL;
 
-    for (size_t i = 0; i < fe->ncerts; i++) {
-        const struct conf_cert *cert = &fe->certs[i];
+    BIO_free(bio);
+    if (leaf == NULL)
+        tlsctx_fail(err, errsize, cert->origin, "cert %s: cannot load certificate", cert->cert);
+    return leaf;
+}
 
-        if (!SSL_CTX_use_certificate_chain_file(ctx, cert->cert))
-            return tlsctx_fail(err, errsize, cert->origin, "cert %s: cannot load certificate",
-                               cert->cert);
-        X509 *x509 = SSL_CTX_get0_certificate(ctx);
-        int type = EVP_PKEY_get_base_id(X509_get0_pubkey(x509));
-        for (size_t t = 0; t < nkey_types; t++)
-            if (key_types[t] == type)
-                return tlsctx_fail(err, errsize, cert->origin,
-                                   "cert %s: a frontend takes one certificate per key type "
-                                   "(%s already loaded)",
-                                   cert->cert, OBJ_nid2sn(type));
-        if (nkey_types == TLSCTX_MAX_KEY_TYPES)
-            return tlsctx_fail(err, errsize, cert->origin, "too many certificates");
-        key_types[nkey_types++] = type;
-        if (!SSL_CTX_use_PrivateKey_file(ctx, cert->key, SSL_FILETYPE_PEM))
-            return tlsctx_fail(err, errsize, cert->origin, "key %s: cannot load private key",
-                               cert->key);
-        if (!SSL_CTX_check_private_key(ctx))
-            return tlsctx_fail(err, errsize, cert->origin, "key %s does not match certificate %s",
-                               cert->key, cert->cert);
-        tlsctx_warn_expiry(cert, x509);
-    }
+static int tlsctx_load_cert(SSL_CTX *ctx, const struct conf_cert *cert, char *err, size_t errsize)
+{
+    if (!SSL_CTX_use_certificate_chain_file(ctx, cert->cert))
+        return tlsctx_fail(err, errsize, cert->origin, "cert %s: cannot load certificate",
+                           cert->cert);
+    if (!SSL_CTX_use_PrivateKey_file(ctx, cert->key, SSL_FILETYPE_PEM))
+        return tlsctx_fail(err, errsize, cert->origin, "key %s: cannot load private key",
+                           cert->key);
+    if (!SSL_CTX_check_private_key(ctx))
+        return tlsctx_fail(err, errsize, cert->origin, "key %s does not match certificate %s",
+                           cert->key, cert->cert);
+    return 0;
+}
+
+static int tlsctx_certs(SSL_CTX *ctx, const struct conf_frontend *fe, const struct sni_set *set,
+                        char *err, size_t errsize)
+{
+    for (size_t i = 0; i < set->ncerts; i++)
+        if (tlsctx_load_cert(ctx, &fe->certs[set->certs[i]], err, errsize) < 0)
+            return -1;
     return 0;
 }
 
@@ -120,6 +124,46 @@ static int tlsctx_alpn_select(SSL *ssl, const unsigned char **out, unsigned char
     return SSL_TLSEXT_ERR_OK;
 }
 
+static void tlsctx_warn_crl_expiry(const struct conf_frontend *fe, const X509_CRL *crl)
+{
+    const ASN1_TIME *next = X509_CRL_get0_nextUpdate(crl);
+
+    if (next != NULL && X509_cmp_current_time(next) < 0)
+        log_warning("%s:%d: crl %s: a CRL's next update is past: every client certificate "
+                    "its issuer signed is refused until the file is renewed",
+                    fe->crl_origin.file, fe->crl_origin.line, fe->crl);
+}
+
+/* Client certificates are checked against the revocation lists of fe->crl, leaf only. */
+static int tlsctx_crl(SSL_CTX *ctx, const struct conf_frontend *fe, char *err, size_t errsize)
+{
+    X509_STORE *store = SSL_CTX_get_cert_store(ctx);
+    BIO *bio = BIO_new_file(fe->crl, "r");
+    X509_CRL *crl;
+    int loaded = 0;
+
+    if (bio == NULL)
+        return tlsctx_fail(err, errsize, fe->crl_origin, "crl %s: cannot open", fe->crl);
+    while ((crl = PEM_read_bio_X509_CRL(bio, NULL, NULL, NULL)) != NULL) {
+        tlsctx_warn_crl_expiry(fe, crl);
+        int added = X509_STORE_add_crl(store, crl);
+        X509_CRL_free(crl);
+        if (!added) {
+            BIO_free(bio);
+            return tlsctx_fail(err, errsize, fe->crl_origin, "crl %s: cannot add a CRL", fe->crl);
+        }
+        loaded++;
+    }
+    BIO_free(bio);
+    /* The read that ends the loop fails with "no start line" at the end of the file. */
+    if (ERR_GET_REASON(ERR_peek_last_error()) != PEM_R_NO_START_LINE || loaded == 0)
+        return tlsctx_fail(err, errsize, fe->crl_origin, "crl %s: %s", fe->crl,
+                           loaded == 0 ? "no PEM CRL in the file" : "cannot parse a CRL");
+    ERR_clear_error();
+    X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK);
+    return 0;
+}
+
 static int tlsctx_client_verify(SSL_CTX *ctx, const struct conf_frontend *fe, char *err,
                                 size_t errsize)
 {
@@ -132,6 +176,8 @@ static int tlsctx_client_verify(SSL_CTX *ctx, const struct conf_frontend *fe, ch
                            "client-ca %s: cannot load CA certificates", fe->client_ca);
     }
     SSL_CTX_set_client_CA_list(ctx, names);
+    if (fe->crl[0] != '\0' && tlsctx_crl(ctx, fe, err, errsize) < 0)
+        return -1;
     SSL_CTX_set_verify(ctx,
                        fe->verify_client == VERIFY_CLIENT_REQUIRE
                            ? SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT
@@ -140,12 +186,12 @@ static int tlsctx_client_verify(SSL_CTX *ctx, const struct conf_frontend *fe, ch
     return 0;
 }
 
-SSL_CTX *tlsctx_build(const struct conf_frontend *fe, char *err, size_t errsize)
+/* A context with every setting of the frontend but its certificates. */
+static SSL_CTX *tlsctx_new(const struct conf_frontend *fe, char *err, size_t errsize)
 {
     static const unsigned char session_id_context[] = "sluice";
     SSL_CTX *ctx;
 
-    ERR_clear_error();
     ctx = SSL_CTX_new(TLS_server_method());
     if (ctx == NULL) {
         tlsctx_fail(err, errsize, fe->origin, "cannot create TLS context");
@@ -177,12 +223,81 @@ SSL_CTX *tlsctx_build(const struct conf_frontend *fe, char *err, size_t errsize)
         return NULL;
     }
     if (tlsctx_protocols(ctx, &fe->tls, err, errsize) < 0 ||
-        tlsctx_certs(ctx, fe, err, errsize) < 0 ||
         tlsctx_client_verify(ctx, fe, err, errsize) < 0) {
         SSL_CTX_free(ctx);
         return NULL;
     }
     if (fe->alpn_wire_len > 0)
         SSL_CTX_set_alpn_select_cb(ctx, tlsctx_alpn_select, (void *)fe);
+    return ctx;
+}
+
+static SSL_CTX *tlsctx_build_set(const struct conf_frontend *fe, const struct sni_set *set,
+                                 char *err, size_t errsize)
+{
+    SSL_CTX *ctx = tlsctx_new(fe, err, errsize);
+
+    if (ctx != NULL && tlsctx_certs(ctx, fe, set, err, errsize) < 0) {
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+/* One context per set of the plan; the default one chooses among them by SNI. */
+static SSL_CTX *tlsctx_build_sets(const struct conf_frontend *fe, struct sni_map *map, char *err,
+                                  size_t errsize)
+{
+    size_t nsets = sni_map_nsets(map);
+    SSL_CTX **ctxs = calloc(nsets, sizeof(*ctxs));
+    SSL_CTX *ctx = NULL;
+
+    if (ctxs == NULL) {
+        snprintf(err, errsize, "out of memory");
+        goto fail;
+    }
+    for (size_t i = 0; i < nsets; i++)
+        if ((ctxs[i] = tlsctx_build_set(fe, sni_map_set(map, i), err, errsize)) == NULL)
+            goto fail;
+    ctx = ctxs[sni_map_default(map)];
+    if (sni_map_trivial(map))
+        sni_map_free(map);
+    else if (sni_map_install(map, ctxs, err, errsize) < 0)
+        goto fail;
+    free(ctxs);
+    return ctx;
+fail:
+    for (size_t i = 0; ctxs != NULL && i < nsets; i++)
+        SSL_CTX_free(ctxs[i]);
+    free(ctxs);
+    sni_map_free(map);
+    return NULL;
+}
+
+SSL_CTX *tlsctx_build(const struct conf_frontend *fe, char *err, size_t errsize)
+{
+    struct sni_cert *certs = calloc(fe->ncerts, sizeof(*certs));
+    SSL_CTX *ctx = NULL;
+    size_t nread = 0;
+
+    ERR_clear_error();
+    if (certs == NULL) {
+        snprintf(err, errsize, "out of memory");
+        return NULL;
+    }
+    for (; nread < fe->ncerts; nread++) {
+        certs[nread].conf = &fe->certs[nread];
+        if ((certs[nread].leaf = tlsctx_read_leaf(&fe->certs[nread], err, errsize)) == NULL)
+            break;
+        tlsctx_warn_expiry(&fe->certs[nread], certs[nread].leaf);
+    }
+    if (nread == fe->ncerts) {
+        struct sni_map *map = sni_map_plan(certs, fe->ncerts, fe->sni_strict, err, errsize);
+        if (map != NULL)
+            ctx = tlsctx_build_sets(fe, map, err, errsize);
+    }
+    for (size_t i = 0; i < nread; i++)
+        X509_free(certs[i].leaf);
+    free(certs);
     return ctx;
 }

@@ -136,7 +136,13 @@ int handshake_step(struct conn *c)
         ERR_clear_error();
         conn_close(c, END_HANDSHAKE_ABORTED, NULL);
     } else if (ERR_peek_error() != 0) {
-        conn_close(c, END_HANDSHAKE_FAILED, "%s", log_ssl_reasons(reasons, sizeof(reasons)));
+        long verify = SSL_get_verify_result(ssl);
+        log_ssl_reasons(reasons, sizeof(reasons));
+        if (verify != X509_V_OK)
+            conn_close(c, END_HANDSHAKE_FAILED, "%s: client certificate: %s", reasons,
+                       X509_verify_cert_error_string(verify));
+        else
+            conn_close(c, END_HANDSHAKE_FAILED, "%s", reasons);
     } else {
         conn_close(c, END_HANDSHAKE_FAILED, "%s",
                    saved_errno != 0 ? strerror(saved_errno) : "connection closed by the client");
