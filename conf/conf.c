@@ -613,9 +613,24 @@ static int parse_crl(struct parser *p, const config_setting_t *s, const struct k
     return 0;
 }
 
+static int parse_cert_ocsp(struct parser *p, const config_setting_t *s,
+                           const struct key_rule *rule, void *base)
+{
+    struct conf_cert *cert = base;
+
+    if (parse_path(p, s, rule, base) < 0)
+        return -1;
+    /* Its content is checked with the TLS contexts (ocsp_attach): a bad one is only logged. */
+    cert->ocsp_origin = conf_origin_of(p, s);
+    if (cert->ocsp[0] != '\0')
+        return conf_check_readable(p, s, "ocsp", cert->ocsp);
+    return 0;
+}
+
 static const struct key_rule cert_rules[] = {
     {"cert", parse_path, offsetof(struct conf_cert, cert), 0, 0},
     {"key", parse_path, offsetof(struct conf_cert, key), 0, 0},
+    {"ocsp", parse_cert_ocsp, offsetof(struct conf_cert, ocsp), 0, 0},
 };
 
 static int parse_certs(struct parser *p, const config_setting_t *s, const struct key_rule *rule,
@@ -636,7 +651,8 @@ static int parse_certs(struct parser *p, const config_setting_t *s, const struct
 
         fe->ncerts++;
         cert->origin = conf_origin_of(p, entry);
-        if (conf_parse_group(p, entry, cert_rules, 2, cert, NULL) < 0)
+        if (conf_parse_group(p, entry, cert_rules, sizeof(cert_rules) / sizeof(cert_rules[0]),
+                             cert, NULL) < 0)
             return -1;
         if (cert->cert == NULL || cert->key == NULL)
             return conf_fail(p, entry, "each certs entry needs both cert and key");
@@ -886,6 +902,7 @@ void conf_free(struct conf *conf)
         for (size_t c = 0; c < fe->ncerts; c++) {
             free(fe->certs[c].cert);
             free(fe->certs[c].key);
+            free(fe->certs[c].ocsp);
         }
         free(fe->certs);
         free(fe->listen_text);

@@ -19,7 +19,8 @@ struct conf_origin {
 struct conf_cert {
     char *cert;
     char *key;
-    struct conf_origin origin;
+    char *ocsp; /* a DER OCSP response to staple; NULL or "" when none */
+    struct conf_origin origin, ocsp_origin;
 };
 
 struct conf_tls {

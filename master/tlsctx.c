@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "lib/log.h"
+#include "master/ocsp.h"
 #include "master/sni.h"
 #include "master/ticketkeys.h"
 
@@ -97,6 +98,7 @@ static int tlsctx_load_cert(SSL_CTX *ctx, const struct conf_cert *cert, char *er
     if (!SSL_CTX_check_private_key(ctx))
         return tlsctx_fail(err, errsize, cert->origin, "key %s does not match certificate %s",
                            cert->key, cert->cert);
+    ocsp_attach(ctx, SSL_CTX_get0_certificate(ctx), cert);
     return 0;
 }
 
