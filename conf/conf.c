@@ -531,16 +531,6 @@ static int parse_proxy_protocol(struct parser *p, const config_setting_t *s,
     return conf_fail(p, s, "%s must be off, v1 or v2", rule->name);
 }
 
-static int parse_accept_proxy(struct parser *p, const config_setting_t *s,
-                              const struct key_rule *rule, void *base)
-{
-    if (parse_bool(p, s, rule, base) < 0)
-        return -1;
-    if (((struct conf_frontend *)base)->accept_proxy)
-        return conf_fail(p, s, "%s = true is not supported in this version", rule->name);
-    return 0;
-}
-
 static int parse_alpn(struct parser *p, const config_setting_t *s, const struct key_rule *rule,
                       void *base)
 {
@@ -676,7 +666,7 @@ static const struct key_rule frontend_rules[] = {
     {"backend", parse_backend, offsetof(struct conf_frontend, backend_text), 1, 0},
     {"proxy-protocol", parse_proxy_protocol, 0, 0, 0},
     {"proxy-crc", parse_bool, offsetof(struct conf_frontend, proxy_crc), 0, 0},
-    {"accept-proxy", parse_accept_proxy, offsetof(struct conf_frontend, accept_proxy), 0, 0},
+    {"accept-proxy", parse_bool, offsetof(struct conf_frontend, accept_proxy), 0, 0},
     {"certs", parse_certs, 0, 0, 0},
     {"alpn", parse_alpn, 0, 0, 0},
     {"client-ca", parse_client_ca, offsetof(struct conf_frontend, client_ca), 0, 0},

@@ -22,6 +22,7 @@
 #include "worker/backend.h"
 #include "worker/handshake.h"
 #include "worker/permit.h"
+#include "worker/proxyread.h"
 #include "worker/relay.h"
 #include "worker/sockbio.h"
 #include "worker/worker.h"
@@ -70,6 +71,7 @@ static const struct {
 };
 
 static const char *const conn_state_names[] = {
+    [CONN_PROXY_IN] = "proxy_in",
     [CONN_HANDSHAKE] = "handshake",
     [CONN_CONNECTING] = "connecting",
     [CONN_RELAY] = "relay",
@@ -99,6 +101,7 @@ static double conn_state_timeout(const struct conn *c, enum conn_state state)
     const struct conf *conf = c->worker->conf;
 
     switch (state) {
+    case CONN_PROXY_IN:
     case CONN_HANDSHAKE:
         return conf->handshake_timeout;
     case CONN_CONNECTING:
@@ -119,17 +122,27 @@ uint64_t conn_clock_us(void)
     return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
 }
 
+/* Reading a PROXY header is part of the handshake: its deadline, its count, its drain. */
+static bool conn_state_is_handshake(enum conn_state state)
+{
+    return state == CONN_PROXY_IN || state == CONN_HANDSHAKE;
+}
+
 void conn_set_state(struct conn *c, enum conn_state state)
 {
-    if (c->transitions > 0 && c->state == CONN_HANDSHAKE)
+    bool was_handshake = c->transitions > 0 && conn_state_is_handshake(c->state);
+
+    if (was_handshake)
         worker_handshakes_changed(c->worker, -1);
-    if (state == CONN_HANDSHAKE)
+    if (conn_state_is_handshake(state))
         worker_handshakes_changed(c->worker, +1);
     conn_log(c, LOG_LEVEL_DEBUG, "%s -> %s",
              c->transitions == 0 ? "accepted" : conn_state_name(c->state), conn_state_name(state));
     c->state = state;
     c->transitions++;
     c->last_activity = ev_now(c->worker->loop);
+    if (was_handshake && conn_state_is_handshake(state))
+        return; /* handshake-timeout counts from accept, PROXY header included */
     ev_timer_stop(c->worker->loop, &c->timer);
     ev_timer_set(&c->timer, conn_state_timeout(c, state), 0);
     ev_timer_start(c->worker->loop, &c->timer);
@@ -259,11 +272,11 @@ void conn_close(struct conn *c, enum conn_end end, const char *fmt, ...)
     enum shm_close_reason reason = conn_close_reason(c, end);
     conn_log_close(c, end, reason, detail);
     conn_count_close(c, end, reason);
-    if (c->state == CONN_HANDSHAKE)
+    if (conn_state_is_handshake(c->state))
         worker_handshakes_changed(w, -1);
     permit_release(c);
     /* Best effort and nonblocking: a client that cannot take the alert now loses nothing. */
-    if (conn_ends[end].notify_client && c->state != CONN_HANDSHAKE &&
+    if (conn_ends[end].notify_client && !conn_state_is_handshake(c->state) &&
         !(SSL_get_shutdown(c->client.ssl) & SSL_SENT_SHUTDOWN)) {
         ERR_clear_error();
         SSL_shutdown(c->client.ssl);
@@ -276,6 +289,7 @@ void conn_close(struct conn *c, enum conn_end end, const char *fmt, ...)
     conn_close_endpoint(c, &c->client);
     conn_close_endpoint(c, &c->backend);
     relay_release(c);
+    proxyread_release(c);
     SSL_free(c->client.ssl);
     worker_conn_removed(w, c);
     free(c);
@@ -311,6 +325,15 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *io, int revents)
 
     (void)loop;
     switch (c->state) {
+    case CONN_PROXY_IN:
+        rc = proxyread_step(c);
+        if (rc > 0) {
+            /* The header is in; the handshake's start may close c, so account first. */
+            conn_account_wakeup(c, before);
+            handshake_start(c);
+            return;
+        }
+        break;
     case CONN_HANDSHAKE:
         rc = handshake_step(c);
         break;
@@ -331,6 +354,9 @@ static void conn_timer_cb(struct ev_loop *loop, ev_timer *timer, int revents)
 
     (void)revents;
     switch (c->state) {
+    case CONN_PROXY_IN:
+        conn_close(c, END_HANDSHAKE_TIMEOUT, "no complete PROXY header");
+        return;
     case CONN_HANDSHAKE:
         conn_close(c, END_HANDSHAKE_TIMEOUT, NULL);
         return;
@@ -385,5 +411,8 @@ void conn_new(struct worker *w, struct frontend *fe, int fd, const struct sockad
     ev_init(&c->timer, conn_timer_cb);
     c->timer.data = c;
     worker_conn_added(w, c);
-    handshake_start(c);
+    if (fe->conf->accept_proxy)
+        proxyread_start(c);
+    else
+        handshake_start(c);
 }

@@ -11,9 +11,12 @@
 
 struct worker;
 struct frontend;
+struct proxyread;
+struct proxyread_addrs;
 
-/* ACCEPTED is conn_new itself; the first state a connection lives in is HANDSHAKE. */
+/* ACCEPTED is conn_new itself; the first state is PROXY_IN with accept-proxy, else HANDSHAKE. */
 enum conn_state {
+    CONN_PROXY_IN,   /* a balancer's PROXY header, under handshake-timeout from accept */
     CONN_HANDSHAKE,  /* TLS handshake under handshake-timeout, counted from accept */
     CONN_CONNECTING, /* backend connect under backend-connect-timeout */
     CONN_RELAY,      /* both directions under idle-timeout */
@@ -73,11 +76,13 @@ struct conn {
     bool handshake_done;
     bool parked; /* waiting for a handshake permit */
     struct conn *park_prev, *park_next;
-    uint32_t permit; /* permit cell held, or PERMIT_NONE */
-    char peer[64];
+    uint32_t permit;                 /* permit cell held, or PERMIT_NONE */
+    struct proxyread *proxyread;     /* PROXY_IN: the header so far */
+    struct proxyread_addrs *proxied; /* the addresses a PROXY header gave, or NULL */
+    char peer[64];                   /* the client: the socket's peer, or the header's source */
 };
 
-/* Take over an accepted client socket and start its handshake. */
+/* Take over an accepted client socket and start its handshake (or its PROXY header). */
 void conn_new(struct worker *w, struct frontend *fe, int fd, const struct sockaddr *sa,
               socklen_t salen);
 void conn_set_state(struct conn *c, enum conn_state state);

@@ -18,6 +18,7 @@
 #include <sys/socket.h>
 
 #include "worker/conn.h"
+#include "worker/proxyread.h"
 #include "worker/worker.h"
 
 #define PP2_VERSION_PROXY 0x21 /* version 2, command PROXY */
@@ -136,15 +137,20 @@ static bool pp_is_v4_mapped(const struct sockaddr_storage *ss)
            IN6_IS_ADDR_V4MAPPED(&((const struct sockaddr_in6 *)ss)->sin6_addr);
 }
 
+/* The socket's own addresses, or those a balancer's PROXY header gave (accept-proxy). */
 static void pp_get_addrs(const struct conn *c, struct pp_addrs *a)
 {
     socklen_t slen = sizeof(a->src), dlen = sizeof(a->dst);
 
     memset(a, 0, sizeof(*a));
     a->family = AF_UNSPEC;
-    if (getpeername(c->client.fd, (struct sockaddr *)&a->src, &slen) < 0 ||
-        getsockname(c->client.fd, (struct sockaddr *)&a->dst, &dlen) < 0)
+    if (c->proxied != NULL) {
+        a->src = c->proxied->src;
+        a->dst = c->proxied->dst;
+    } else if (getpeername(c->client.fd, (struct sockaddr *)&a->src, &slen) < 0 ||
+               getsockname(c->client.fd, (struct sockaddr *)&a->dst, &dlen) < 0) {
         return;
+    }
     if (pp_is_v4_mapped(&a->src) && pp_is_v4_mapped(&a->dst)) {
         pp_unmap_v4(&a->src);
         pp_unmap_v4(&a->dst);

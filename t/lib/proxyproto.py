@@ -90,6 +90,20 @@ def v2(family, src, dst, sport, dport, tlvs, crc=False):
     return hdr
 
 
+def v2_raw(ver_cmd, fam, body):
+    """A v2 header as a balancer might send it, any version/command byte, family byte and
+    body (addresses and TLVs): LOCAL headers and broken ones for accept-proxy's tests."""
+    return V2_SIGNATURE + bytes([ver_cmd, fam]) + struct.pack(">H", len(body)) + body
+
+
+def v2_local():
+    """A v2 LOCAL header (a balancer's own connection, e.g. a health check)."""
+    return v2_raw(0x20, 0x00, b"")
+
+
+V1_UNKNOWN = b"PROXY UNKNOWN\r\n"
+
+
 # --- reading -----------------------------------------------------------------------------
 
 def parse_tlvs(data):
