@@ -577,44 +577,35 @@ static int parse_verify_client(struct parser *p, const config_setting_t *s,
     return conf_fail(p, s, "%s must be none, optional or require", rule->name);
 }
 
-static int parse_client_ca(struct parser *p, const config_setting_t *s, const struct key_rule *rule,
-                           void *base)
+/* An optional file ("" for none) that must be readable when given; origin for its errors. */
+static int parse_optional_file(struct parser *p, const config_setting_t *s,
+                               const struct key_rule *rule, void *base, struct conf_origin *origin)
 {
-    struct conf_frontend *fe = base;
+    char **path = (char **)((char *)base + rule->offset);
 
     if (parse_path(p, s, rule, base) < 0)
         return -1;
-    fe->client_ca_origin = conf_origin_of(p, s);
-    if (fe->client_ca[0] != '\0')
-        return conf_check_readable(p, s, "client-ca", fe->client_ca);
-    return 0;
+    *origin = conf_origin_of(p, s);
+    return (*path)[0] != '\0' ? conf_check_readable(p, s, rule->name, *path) : 0;
+}
+
+static int parse_client_ca(struct parser *p, const config_setting_t *s, const struct key_rule *rule,
+                           void *base)
+{
+    return parse_optional_file(p, s, rule, base, &((struct conf_frontend *)base)->client_ca_origin);
 }
 
 static int parse_crl(struct parser *p, const config_setting_t *s, const struct key_rule *rule,
                      void *base)
 {
-    struct conf_frontend *fe = base;
-
-    if (parse_path(p, s, rule, base) < 0)
-        return -1;
-    fe->crl_origin = conf_origin_of(p, s);
-    if (fe->crl[0] != '\0')
-        return conf_check_readable(p, s, "crl", fe->crl);
-    return 0;
+    return parse_optional_file(p, s, rule, base, &((struct conf_frontend *)base)->crl_origin);
 }
 
-static int parse_cert_ocsp(struct parser *p, const config_setting_t *s,
-                           const struct key_rule *rule, void *base)
+/* Its content is checked with the TLS contexts (ocsp_attach): a bad one is only logged. */
+static int parse_cert_ocsp(struct parser *p, const config_setting_t *s, const struct key_rule *rule,
+                           void *base)
 {
-    struct conf_cert *cert = base;
-
-    if (parse_path(p, s, rule, base) < 0)
-        return -1;
-    /* Its content is checked with the TLS contexts (ocsp_attach): a bad one is only logged. */
-    cert->ocsp_origin = conf_origin_of(p, s);
-    if (cert->ocsp[0] != '\0')
-        return conf_check_readable(p, s, "ocsp", cert->ocsp);
-    return 0;
+    return parse_optional_file(p, s, rule, base, &((struct conf_cert *)base)->ocsp_origin);
 }
 
 static const struct key_rule cert_rules[] = {
@@ -641,8 +632,8 @@ static int parse_certs(struct parser *p, const config_setting_t *s, const struct
 
         fe->ncerts++;
         cert->origin = conf_origin_of(p, entry);
-        if (conf_parse_group(p, entry, cert_rules, sizeof(cert_rules) / sizeof(cert_rules[0]),
-                             cert, NULL) < 0)
+        if (conf_parse_group(p, entry, cert_rules, sizeof(cert_rules) / sizeof(cert_rules[0]), cert,
+                             NULL) < 0)
             return -1;
         if (cert->cert == NULL || cert->key == NULL)
             return conf_fail(p, entry, "each certs entry needs both cert and key");

@@ -71,11 +71,8 @@ static const struct {
 };
 
 static const char *const conn_state_names[] = {
-    [CONN_PROXY_IN] = "proxy_in",
-    [CONN_HANDSHAKE] = "handshake",
-    [CONN_CONNECTING] = "connecting",
-    [CONN_RELAY] = "relay",
-    [CONN_CLOSING] = "closing",
+    [CONN_PROXY_IN] = "proxy_in", [CONN_HANDSHAKE] = "handshake", [CONN_CONNECTING] = "connecting",
+    [CONN_RELAY] = "relay",       [CONN_CLOSING] = "closing",
 };
 
 const char *conn_state_name(enum conn_state state)
