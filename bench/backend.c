@@ -893,6 +893,7 @@ static void accept_batch(struct server *srv, bool is_tcp)
             accept_pause(srv);
             return;
         }
+        /* cppcheck-suppress nullPointer ; gnu.cfg wrongly wants addrlen even with no addr */
         int fd = accept4(srv->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd == -1) {
             if (errno == EINTR || errno == ECONNABORTED)
@@ -1168,12 +1169,14 @@ int main(int argc, char **argv)
     if (srv.epfd == -1) {
         warn("epoll_create1");
         server_shutdown(&srv);
+        responses_free(&srv);
         return 1;
     }
     struct epoll_event sev = {.events = EPOLLIN, .data.ptr = &signal_tag};
     if (epoll_ctl(srv.epfd, EPOLL_CTL_ADD, srv.sigfd, &sev) == -1) {
         warn("epoll_ctl (signalfd)");
         server_shutdown(&srv);
+        responses_free(&srv);
         return 1;
     }
     accept_set(&srv, true);

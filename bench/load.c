@@ -1509,6 +1509,8 @@ int main(int argc, char **argv)
     ws = calloc(opt.threads, sizeof(*ws));
     if (sh.stop_fd == -1 || ws == NULL) {
         warnx("set-up: %s", strerror(errno));
+        free(ws);
+        free(sh.request);
         return 1;
     }
     unsigned per_thread_in_flight = (MAX_IN_FLIGHT + opt.threads - 1) / opt.threads;

@@ -7,6 +7,8 @@
 #include "master/listen.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <linux/filter.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -17,19 +19,32 @@
 
 #include "lib/log.h"
 
+/* The integer in a /proc/sys file, or fallback if it is missing or holds no int. */
+static int listen_read_sysctl(const char *path, int fallback)
+{
+    char buf[32];
+    FILE *f = fopen(path, "r");
+    bool have = f != NULL && fgets(buf, sizeof(buf), f) != NULL;
+    char *end = buf;
+    long value = 0;
+
+    if (f != NULL)
+        fclose(f);
+    if (have) {
+        errno = 0; /* strtol, unlike fscanf, reports a value out of range */
+        value = strtol(buf, &end, 10);
+    }
+    if (!have || end == buf || errno != 0 || value < INT_MIN || value > INT_MAX)
+        return fallback;
+    return (int)value;
+}
+
 int listen_backlog(unsigned configured)
 {
-    int somaxconn = SOMAXCONN;
-
     if (configured > 0)
         return (int)configured;
-    FILE *f = fopen("/proc/sys/net/core/somaxconn", "r");
-    if (f != NULL) {
-        if (fscanf(f, "%d", &somaxconn) != 1 || somaxconn <= 0)
-            somaxconn = SOMAXCONN;
-        fclose(f);
-    }
-    return somaxconn;
+    int somaxconn = listen_read_sysctl("/proc/sys/net/core/somaxconn", SOMAXCONN);
+    return somaxconn > 0 ? somaxconn : SOMAXCONN;
 }
 
 static int listen_set_options(int fd, const struct addr *addr)
@@ -182,6 +197,37 @@ void listen_close_unless(struct listen_set *set, bool (*keep)(int fd, void *arg)
     }
 }
 
+/*
+ * Classic BPF on a TCP socket sees the segment from its TCP header on: byte 13 holds the
+ * flags. Drop a SYN without ACK (a new connection); keep everything else, so handshakes
+ * under way still complete into the queue.
+ */
+static struct sock_filter listen_syn_filter[] = {
+    BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 13),
+    BPF_STMT(BPF_ALU | BPF_AND | BPF_K, 0x12), /* SYN | ACK */
+    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0x02, 0, 1),
+    BPF_STMT(BPF_RET | BPF_K, 0),
+    BPF_STMT(BPF_RET | BPF_K, 0xffffffff),
+};
+
+void listen_drop_syns(struct listen_set *set)
+{
+    struct sock_fprog prog = {
+        .len = sizeof(listen_syn_filter) / sizeof(listen_syn_filter[0]),
+        .filter = listen_syn_filter,
+    };
+    char where[INET6_ADDRSTRLEN + 8]; /* "[V6]:PORT" */
+
+    for (size_t i = 0; i < set->n; i++) {
+        if (setsockopt(set->v[i].fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog)) == 0)
+            continue;
+        addr_format((const struct sockaddr *)&set->v[i].addr.sa, set->v[i].addr.len, where,
+                    sizeof(where));
+        log_errno(LOG_LEVEL_WARNING, "listen %s: cannot hold off new connections before closing",
+                  where);
+    }
+}
+
 void listen_close_all(struct listen_set *set)
 {
     while (set->n > 0)
@@ -192,15 +238,8 @@ void listen_close_all(struct listen_set *set)
 
 void listen_check_migrate_req(void)
 {
-    FILE *f = fopen("/proc/sys/net/ipv4/tcp_migrate_req", "r");
-    int value = 1;
-
-    if (f == NULL)
-        return; /* kernels before 5.14 have no such knob: nothing to advise */
-    if (fscanf(f, "%d", &value) != 1)
-        value = 1;
-    fclose(f);
-    if (value == 0)
+    /* Kernels before 5.14 have no such knob: nothing to advise. */
+    if (listen_read_sysctl("/proc/sys/net/ipv4/tcp_migrate_req", 1) == 0)
         log_warning("net.ipv4.tcp_migrate_req is 0: when a reload lowers workers or drops a "
                     "frontend, connections still queued on the listeners it closes are reset; "
                     "set it to 1 (see contrib/sluice-sysctl.conf)");

@@ -36,6 +36,11 @@ void listen_release(struct listen_set *set, int fd);
 /* In a new worker: close every socket for which keep(fd, arg) is false. */
 void listen_close_unless(struct listen_set *set, bool (*keep)(int fd, void *arg), void *arg);
 void listen_close_all(struct listen_set *set);
+/*
+ * Before closing for good: new connections (SYNs) are dropped from now on, and the client
+ * tries again (a balancer: elsewhere), while handshakes under way still reach the queue.
+ */
+void listen_drop_syns(struct listen_set *set);
 /* Warn when closing a listener would reset the connections in its queue. */
 void listen_check_migrate_req(void);
 

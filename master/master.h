@@ -67,6 +67,8 @@ struct master {
     ev_child child_watcher;
     ev_timer watchdog_timer;
     ev_timer shutdown_timer;
+    /* TERM: new connections are held off, the listeners not closed yet */
+    ev_timer syn_grace_timer;
     ev_timer start_timer; /* the newest generation must serve every slot before it fires */
     int exit_status;
     void (*on_ready)(void); /* once, when the first generation serves */

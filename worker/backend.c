@@ -7,6 +7,7 @@
 #include <netinet/tcp.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "worker/conn.h"
 #include "worker/relay.h"
@@ -26,6 +27,10 @@ int backend_connect(struct conn *c)
     int family = addr->sa.ss_family;
 
     conn_set_state(c, CONN_CONNECTING);
+    /* The descriptor set aside at accept makes room: socket(2) cannot say EMFILE now. */
+    if (c->backend.fd >= 0 && close(c->backend.fd) < 0)
+        conn_log(c, LOG_LEVEL_DEBUG, "close the descriptor reserve: %s", strerror(errno));
+    c->backend.fd = -1;
     int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return backend_fail(c, errno);

@@ -387,14 +387,15 @@ static void conn_init_endpoint(struct conn *c, struct endpoint *ep, const char *
     ep->io.data = ep;
 }
 
-void conn_new(struct worker *w, struct frontend *fe, int fd, const struct sockaddr *sa,
-              socklen_t salen)
+void conn_new(struct worker *w, struct frontend *fe, int fd, int backend_reserve,
+              const struct sockaddr *sa, socklen_t salen)
 {
     struct conn *c = calloc(1, sizeof(*c));
 
     if (c == NULL) {
         log_error("out of memory for a new connection on %s", fe->conf->listen_text);
         close(fd);
+        close(backend_reserve);
         return;
     }
     c->worker = w;
@@ -405,6 +406,7 @@ void conn_new(struct worker *w, struct frontend *fe, int fd, const struct sockad
     conn_init_endpoint(c, &c->client, "client");
     conn_init_endpoint(c, &c->backend, "backend");
     c->client.fd = fd;
+    c->backend.fd = backend_reserve; /* closed by backend_connect or conn_close */
     ev_init(&c->timer, conn_timer_cb);
     c->timer.data = c;
     worker_conn_added(w, c);

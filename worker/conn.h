@@ -82,9 +82,13 @@ struct conn {
     char peer[64];                   /* the client: the socket's peer, or the header's source */
 };
 
-/* Take over an accepted client socket and start its handshake (or its PROXY header). */
-void conn_new(struct worker *w, struct frontend *fe, int fd, const struct sockaddr *sa,
-              socklen_t salen);
+/*
+ * Take over an accepted client socket and start its handshake (or its PROXY header).
+ * backend_reserve is a descriptor set aside for the backend socket: it holds the
+ * backend endpoint's place until the connect closes it to make room.
+ */
+void conn_new(struct worker *w, struct frontend *fe, int fd, int backend_reserve,
+              const struct sockaddr *sa, socklen_t salen);
 void conn_set_state(struct conn *c, enum conn_state state);
 void conn_progressed(struct conn *c);
 /* Microseconds on the monotonic clock. */

@@ -69,9 +69,11 @@ static void fail_not_proxy(struct proxyparse_result *r, const unsigned char *p, 
     char hex[4 * 3] = "";
     size_t n = len < 4 ? len : 4;
 
+    /* cppcheck-suppress knownConditionTrueFalse ; 2.10 wrongly takes len as 0 here */
     for (size_t i = 0; i < n; i++) {
         hex[3 * i] = digits[p[i] >> 4];
         hex[3 * i + 1] = digits[p[i] & 0x0f];
+        /* cppcheck-suppress knownConditionTrueFalse ; as above */
         hex[3 * i + 2] = i + 1 < n ? ' ' : '\0';
     }
     fail(r, "not a PROXY header: starts with %s", hex);
@@ -85,7 +87,7 @@ static void v1_quote(char *out, size_t size, const char *field, size_t len)
     size_t n = len < size - 1 ? len : size - 1;
 
     for (size_t i = 0; i < n; i++)
-        out[i] = field[i] >= 0x20 && field[i] < 0x7f ? field[i] : '?';
+        out[i] = (char)(field[i] >= 0x20 && field[i] < 0x7f ? field[i] : '?');
     out[n] = '\0';
 }
 
@@ -205,6 +207,7 @@ static void v1_parse(const unsigned char *p, size_t len, struct proxyparse_resul
     /* The CR may be at most at PROXYPARSE_V1_MAX - 2, its LF right after it. */
     size_t scan = len < PROXYPARSE_V1_MAX - 1 ? len : PROXYPARSE_V1_MAX - 1;
     size_t cr = 0;
+    /* cppcheck-suppress knownConditionTrueFalse ; 2.10 wrongly takes len as 0 here */
     while (cr < scan && p[cr] != '\r') {
         if (p[cr] == '\n') {
             fail(r, "PROXY v1: line feed without carriage return");

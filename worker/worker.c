@@ -76,6 +76,7 @@ static void worker_drain(struct worker *w, const char *why)
 {
     if (w->draining)
         return;
+    accept_take_queued(w);
     log_info("%s: draining %u connections (at most %gs)", why, w->nconns, w->conf->drain_timeout);
     accept_stop(w);
     if (w->nconns == 0) {

@@ -22,17 +22,20 @@ workers as nobody, so the folder is 0755 and the backends' Unix sockets 0666.
 
 The same file run as a script is the test backend: see backend_main() below.
 Environment: SLUICE, SLUICE_BACKEND, SLUICE_SRCDIR, SLUICE_TEST_TIME_FACTOR,
-SLUICE_KEEP_TMP=1 keeps the temporary folder.
+SLUICE_KEEP_TMP=1 keeps the temporary folder, SLUICE_VALGRIND (make check-valgrind) runs
+sluice under that valgrind command and checks each process's memcheck log.
 """
 
 import atexit
 import ctypes
+import glob
 import hashlib
 import json
 import os
 import random
 import re
 import resource
+import shlex
 import shutil
 import signal
 import socket
@@ -49,6 +52,19 @@ SLUICESTAT = os.environ.get("SLUICESTAT", "")
 SRCDIR = os.environ.get("SLUICE_SRCDIR", "")
 KEEP_TMP = os.environ.get("SLUICE_KEEP_TMP") == "1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# make check-valgrind: the valgrind command sluice runs under; each process (the master and
+# every forked worker) writes its own log, NAME.valgrind.PID, in the test's folder.
+VALGRIND = shlex.split(os.environ.get("SLUICE_VALGRIND", ""))
+# Memcheck's headline for each error it reports, and its end-of-process summary lines.
+VALGRIND_ERROR = re.compile(
+    r"==\d+== (Invalid (read|write|free)|Mismatched free|Conditional jump|Use of uninitialised"
+    r"|Syscall param|Source and destination overlap|Argument '\w+' of function"
+    r"|Jump to the invalid address|Process terminating with default action of signal "
+    r"(4|6|7|8|11) |[\d,]+ (\([\d,]+ direct, [\d,]+ indirect\) )?bytes in [\d,]+ blocks "
+    r"are (definitely|indirectly) lost)")
+VALGRIND_SUMMARY = re.compile(r"==\d+== +(ERROR SUMMARY: ([\d,]+) errors"
+                              r"|(definitely|indirectly) lost: ([\d,]+) bytes)")
 
 SANITIZER_PATTERNS = [
     re.compile(r"ERROR: AddressSanitizer"),
@@ -576,7 +592,27 @@ class Sluice:
                 if ERROR_LINE.search(ln) and not any(r.search(ln) for r in rxs)]
 
     def sanitizer_reports(self):
-        return [ln for ln in self.log_lines() if any(p.search(ln) for p in SANITIZER_PATTERNS)]
+        return ([ln for ln in self.log_lines() if any(p.search(ln) for p in SANITIZER_PATTERNS)]
+                + self.valgrind_reports())
+
+    def valgrind_reports(self):
+        """Under make check-valgrind: each memcheck error headline and each non-zero error
+        or definite/indirect leak summary, as "LOGFILE: line", from every process's log.
+        (A process killed by SIGKILL leaves no summary, but its errors so far are there.)"""
+        summaries, errors = [], []  # summaries first: the diagnosis shows the first lines
+        stem = os.path.splitext(self.logpath)[0] + ".valgrind."
+        for path in sorted(glob.glob(glob.escape(stem) + "*")):
+            with open(path, errors="replace") as f:
+                lines = f.read().splitlines()
+            name = os.path.basename(path)
+            for i, ln in enumerate(lines):
+                m = VALGRIND_SUMMARY.search(ln)
+                if m and (m.group(2) or m.group(4)).replace(",", "") != "0":
+                    summaries.append("%s: %s" % (name, ln))
+                elif VALGRIND_ERROR.search(ln):  # with the top of its stack
+                    stack = [s for s in lines[i + 1:i + 9] if re.match(r"==\d+== +(at|by) ", s)]
+                    errors += ["%s: %s" % (name, s) for s in [ln] + stack]
+        return summaries + errors
 
     def stop_and_check(self, allow_errors=(), what="sluice"):
         """The end of every test: SIGTERM -> exit 0, no unexpected error line, no
@@ -602,6 +638,8 @@ class Sluice:
         t.ok(not san, "%s log holds no sanitizer report" % what)
         if san:
             t.diag_log(self.log(), 80)
+            for ln in san[:40]:
+                t.diag("  " + ln)
         return not errs and not san
 
 
@@ -813,6 +851,9 @@ class Test:
                     # per test (tests run in parallel), not /run/sluice.{pid,stats}
                     "pidfile": base + ".pid", "stats-file": base + ".stats",
                     "syslog": False}  # no /dev/log on the test machines
+        if VALGRIND:  # a busy worker under memcheck beats and finishes handshakes late
+            settings.update({"watchdog-timeout": scaled(5), "handshake-timeout": scaled(10),
+                             "backend-connect-timeout": scaled(5)})
         for k, v in globals_.items():
             settings[k.replace("_", "-")] = v
         if tls is not None:
@@ -828,10 +869,12 @@ class Test:
 
     # --- sluice
     def start_sluice(self, conf, name="sluice", rlimit_nofile=None, cwd=None, wait=True,
-                     ports=None, env=None):
+                     ports=None, env=None, prefix=()):
         """Start `$SLUICE -F -f conf`, stderr+stdout to NAME.log (appended); wait for the
         ready line and for every listen port (parsed from conf unless given) to be in
-        LISTEN. env: extra environment variables (e.g. {"SLUICE_FAULT": "hang:1"})."""
+        LISTEN. env: extra environment variables (e.g. {"SLUICE_FAULT": "hang:1"}).
+        prefix: a command that execs the rest (e.g. ["ip", "netns", "exec", NS]); the
+        LISTEN check sees only this test's own network namespace, so pass ports=[] then."""
         logpath = self.path(name + ".log")
         logf = open(logpath, "ab")
         log_offset = logf.seek(0, os.SEEK_END)
@@ -844,8 +887,11 @@ class Test:
             if rlimit_nofile is not None:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (rlimit_nofile, rlimit_nofile))
 
-        proc = spawn([SLUICE, "-F", "-f", conf], preexec=pre, stdin=subprocess.DEVNULL,
-                     stdout=logf, stderr=logf, cwd=cwd or self.dir, env=child_env)
+        if VALGRIND:
+            prefix = list(prefix) + VALGRIND + ["--log-file=" + self.path(name + ".valgrind.%p")]
+        proc = spawn(list(prefix) + [SLUICE, "-F", "-f", conf], preexec=pre,
+                     stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, cwd=cwd or self.dir,
+                     env=child_env)
         logf.close()
         if ports is None:
             with open(conf) as f:
