@@ -348,6 +348,7 @@ class Daemon:
     wait_log = st.Sluice.wait_log
     unexpected_errors = st.Sluice.unexpected_errors
     sanitizer_reports = st.Sluice.sanitizer_reports
+    valgrind_reports = st.Sluice.valgrind_reports
 
     def start(self, extra=("-d",), timeout=None):
         """Run `sluice -d -f conf` (or extra argv) as a shell would: wait for its exit
