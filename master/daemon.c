@@ -32,10 +32,17 @@
 static int daemon_fd = -1;
 static pid_t daemon_pid;
 static bool daemon_detached;
+/* A new master of a binary upgrade: the stderr it gives back once ready, else -1. */
+static int daemon_stderr_fd = -1;
 
 int daemon_pipe_fd(void)
 {
     return daemon_fd;
+}
+
+bool daemon_is_detached(void)
+{
+    return daemon_detached;
 }
 
 /*
@@ -155,8 +162,28 @@ int daemon_detach(char *err, size_t errsize)
     return daemon_setup_child(err, errsize);
 }
 
+void daemon_adopt_channel(int ready_fd, int stderr_fd, bool detached)
+{
+    daemon_fd = ready_fd;
+    daemon_pid = getpid();
+    daemon_stderr_fd = stderr_fd;
+    daemon_detached = detached;
+}
+
+/* The previous master's stderr replaces the channel to it (a pipe it stops reading). */
+static void daemon_restore_stderr(void)
+{
+    fflush(stderr);
+    if (daemon_redirect(daemon_stderr_fd, STDERR_FILENO) < 0)
+        log_errno(LOG_LEVEL_WARNING, "cannot restore standard error");
+    close(daemon_stderr_fd);
+    daemon_stderr_fd = -1;
+}
+
 void daemon_quiet(void)
 {
+    if (daemon_stderr_fd >= 0)
+        daemon_restore_stderr();
     if (!daemon_detached)
         return;
     log_use_stderr(false);

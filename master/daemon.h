@@ -1,6 +1,7 @@
 #ifndef SLUICE_DAEMON_H
 #define SLUICE_DAEMON_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 /*
@@ -21,6 +22,15 @@ void daemon_ready(void);
  * chroot) and no more logging to stderr. No-op otherwise. For workers, once ready.
  */
 void daemon_quiet(void);
+/*
+ * A new master started by a binary upgrade (USR2): ready_fd is its channel to the
+ * previous master, which daemon_ready answers with 'R'; stderr is a pipe the previous
+ * master reads until then, and stderr_fd the descriptor to give stderr back to.
+ * detached: the previous master was a daemon (stdout and stderr are /dev/null).
+ */
+void daemon_adopt_channel(int ready_fd, int stderr_fd, bool detached);
+/* Whether this process runs detached (daemon_detach, or adopted from a daemon). */
+bool daemon_is_detached(void);
 /* The daemon's end of the readiness channel (-1 if none): close it in every forked
  * child, or a child outliving a master that died before ready keeps the caller waiting. */
 int daemon_pipe_fd(void);

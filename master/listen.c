@@ -128,22 +128,127 @@ static struct listen_socket *listen_find(struct listen_set *set, const struct ad
     return NULL;
 }
 
+static int listen_grow(struct listen_socket **v, size_t n, size_t *cap)
+{
+    if (n < *cap)
+        return 0;
+    size_t more = *cap ? *cap * 2 : 8;
+    struct listen_socket *grown = realloc(*v, more * sizeof(*grown));
+    if (grown == NULL)
+        return -1;
+    *v = grown;
+    *cap = more;
+    return 0;
+}
+
 static int listen_add(struct listen_set *set, const struct conf_frontend *fe, unsigned slot, int fd,
                       char *err, size_t errsize)
 {
-    if (set->n == set->cap) {
-        size_t cap = set->cap ? set->cap * 2 : 8;
-        struct listen_socket *v = realloc(set->v, cap * sizeof(*v));
-        if (v == NULL) {
-            snprintf(err, errsize, "out of memory for listening sockets");
-            return -1;
-        }
-        set->v = v;
-        set->cap = cap;
+    if (listen_grow(&set->v, set->n, &set->cap) < 0) {
+        snprintf(err, errsize, "out of memory for listening sockets");
+        return -1;
     }
     set->v[set->n++] =
         (struct listen_socket){.addr = fe->listen, .slot = slot, .fd = fd, .refs = 1};
     return 0;
+}
+
+static bool listen_is_listening_tcp(int fd)
+{
+    int type = 0, listening = 0;
+    socklen_t len = sizeof(type);
+
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0 || type != SOCK_STREAM)
+        return false;
+    len = sizeof(listening);
+    return getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) == 0 && listening;
+}
+
+int listen_inherit(struct listen_set *set, int fd, unsigned slot, char *err, size_t errsize)
+{
+    struct listen_socket ls = {.slot = slot, .fd = fd};
+    socklen_t len = sizeof(ls.addr.sa);
+
+    if (!listen_is_listening_tcp(fd) || getsockname(fd, (struct sockaddr *)&ls.addr.sa, &len) < 0 ||
+        (ls.addr.sa.ss_family != AF_INET && ls.addr.sa.ss_family != AF_INET6)) {
+        snprintf(err, errsize, "inherited descriptor %d is not a listening TCP socket", fd);
+        return -1;
+    }
+    ls.addr.len = len;
+    if (listen_grow(&set->inherited, set->ninherited, &set->inherited_cap) < 0) {
+        snprintf(err, errsize, "out of memory for inherited listening sockets");
+        return -1;
+    }
+    set->inherited[set->ninherited++] = ls;
+    return 0;
+}
+
+static in_port_t listen_port(const struct sockaddr_storage *sa)
+{
+    return sa->ss_family == AF_INET ? ((const struct sockaddr_in *)sa)->sin_port
+                                    : ((const struct sockaddr_in6 *)sa)->sin6_port;
+}
+
+/*
+ * The kernel's view of a socket against the configured address. "*:PORT" is IPv6's any
+ * address, or IPv4's where listen_socket fell back to it.
+ */
+static bool listen_bound_to(const struct addr *bound, const struct addr *configured)
+{
+    const struct sockaddr_storage *b = &bound->sa, *c = &configured->sa;
+
+    if (listen_port(b) != listen_port(c))
+        return false;
+    if (b->ss_family == AF_INET && c->ss_family == AF_INET)
+        return ((const struct sockaddr_in *)b)->sin_addr.s_addr ==
+               ((const struct sockaddr_in *)c)->sin_addr.s_addr;
+    if (b->ss_family == AF_INET6 && c->ss_family == AF_INET6)
+        return memcmp(&((const struct sockaddr_in6 *)b)->sin6_addr,
+                      &((const struct sockaddr_in6 *)c)->sin6_addr, sizeof(struct in6_addr)) == 0;
+    return configured->any_dual_stack && b->ss_family == AF_INET &&
+           ((const struct sockaddr_in *)b)->sin_addr.s_addr == htonl(INADDR_ANY);
+}
+
+static int listen_take_inherited(struct listen_set *set, const struct addr *addr, unsigned slot)
+{
+    for (size_t i = 0; i < set->ninherited; i++) {
+        if (set->inherited[i].slot != slot || !listen_bound_to(&set->inherited[i].addr, addr))
+            continue;
+        int fd = set->inherited[i].fd;
+        set->inherited[i] = set->inherited[--set->ninherited];
+        return fd;
+    }
+    return -1;
+}
+
+void listen_close_inherited(struct listen_set *set)
+{
+    char where[INET6_ADDRSTRLEN + 8]; /* "[V6]:PORT" */
+
+    for (size_t i = 0; i < set->ninherited; i++) {
+        const struct listen_socket *ls = &set->inherited[i];
+        addr_format((const struct sockaddr *)&ls->addr.sa, ls->addr.len, where, sizeof(where));
+        log_info("upgrade: closing the inherited listener %s of slot %u: not in the config", where,
+                 ls->slot);
+        if (close(ls->fd) < 0)
+            log_errno(LOG_LEVEL_WARNING, "close listening socket");
+    }
+    free(set->inherited);
+    set->inherited = NULL;
+    set->ninherited = set->inherited_cap = 0;
+}
+
+/* An inherited socket, or a new one: -1 with err. */
+static int listen_get(struct listen_set *set, const struct conf_frontend *fe, unsigned slot,
+                      int backlog, char *err, size_t errsize)
+{
+    int fd = listen_take_inherited(set, &fe->listen, slot);
+
+    if (fd < 0)
+        return listen_open(fe, backlog, err, errsize);
+    if (listen(fd, backlog) < 0)
+        log_errno(LOG_LEVEL_WARNING, "listen %s: cannot set backlog %d", fe->listen_text, backlog);
+    return fd;
 }
 
 int listen_acquire(struct listen_set *set, const struct conf_frontend *fe, unsigned slot,
@@ -159,7 +264,7 @@ int listen_acquire(struct listen_set *set, const struct conf_frontend *fe, unsig
         ls->refs++;
         return ls->fd;
     }
-    int fd = listen_open(fe, backlog, err, errsize);
+    int fd = listen_get(set, fe, slot, backlog, err, errsize);
     if (fd < 0)
         return -1;
     if (listen_add(set, fe, slot, fd, err, errsize) < 0) {
@@ -232,7 +337,10 @@ void listen_close_all(struct listen_set *set)
 {
     while (set->n > 0)
         listen_remove(set, set->n - 1);
+    for (size_t i = 0; i < set->ninherited; i++)
+        close(set->inherited[i].fd);
     free(set->v);
+    free(set->inherited);
     *set = (struct listen_set){0};
 }
 

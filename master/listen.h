@@ -21,6 +21,9 @@ struct listen_socket {
 struct listen_set {
     struct listen_socket *v;
     size_t n, cap;
+    /* Handed over by the master we replace (USR2), until a frontend claims them. */
+    struct listen_socket *inherited;
+    size_t ninherited, inherited_cap;
 };
 
 /* The listen backlog: the configured one, or the system's somaxconn for 0. */
@@ -31,6 +34,14 @@ int listen_backlog(unsigned configured);
  */
 int listen_acquire(struct listen_set *set, const struct conf_frontend *fe, unsigned slot,
                    int backlog, char *err, size_t errsize);
+/*
+ * A binary upgrade: keep fd, a listening socket of the previous master's slot, for the
+ * frontend of this generation that listens on the same address in the same slot.
+ * -1 with the reason in err when fd is not a listening TCP socket.
+ */
+int listen_inherit(struct listen_set *set, int fd, unsigned slot, char *err, size_t errsize);
+/* Close the inherited sockets no frontend claimed: the new config dropped them. */
+void listen_close_inherited(struct listen_set *set);
 /* Drop a reference; the socket closes with its last one. */
 void listen_release(struct listen_set *set, int fd);
 /* In a new worker: close every socket for which keep(fd, arg) is false. */

@@ -1,7 +1,8 @@
 /*
  * The master's loop: signals in, generations out. HUP builds the next generation beside
  * the running one and retires the old one only once the new one serves; TERM drains
- * everything; QUIT stops at once; USR1 reopens the log file for everyone.
+ * everything; QUIT stops at once; USR1 reopens the log file for everyone; USR2 hands
+ * everything over to a new binary (master/upgrade.c).
  */
 #include "config.h"
 
@@ -111,6 +112,12 @@ void master_reload(struct master *m)
 
     if (m->shutting_down)
         return;
+    if (upgrade_running(&m->upgrade)) {
+        log_warning("SIGHUP ignored: a binary upgrade is in progress (new master pid %ld); "
+                    "reload the new master once it serves",
+                    (long)m->upgrade.pid);
+        return;
+    }
     if (m->old != NULL || !m->current->announced) {
         if (!m->reload_pending && m->old != NULL)
             log_info("reload deferred until generation %u has drained", m->old->id);
@@ -158,11 +165,16 @@ static void master_signal_cb(struct ev_loop *loop, ev_signal *sig, int revents)
             break;
         log_info("%s: draining, at most %gs", sig->signum == SIGTERM ? "SIGTERM" : "SIGINT",
                  m->current->conf->drain_timeout);
+        upgrade_abort(m, SIGTERM);
         supervise_shutdown(m, true);
         break;
     case SIGQUIT:
         log_info("SIGQUIT: stopping every worker now");
+        upgrade_abort(m, SIGQUIT);
         supervise_shutdown(m, false);
+        break;
+    case SIGUSR2:
+        upgrade_start(m);
         break;
     case SIGUSR1:
         if (m->current->conf->log_file[0] == '\0') {
@@ -187,7 +199,7 @@ static void master_watch_signals(struct master *m)
         int signum;
     } signals[] = {
         {&m->sig_hup, SIGHUP},   {&m->sig_term, SIGTERM}, {&m->sig_int, SIGINT},
-        {&m->sig_quit, SIGQUIT}, {&m->sig_usr1, SIGUSR1},
+        {&m->sig_quit, SIGQUIT}, {&m->sig_usr1, SIGUSR1}, {&m->sig_usr2, SIGUSR2},
     };
 
     for (size_t i = 0; i < sizeof(signals) / sizeof(signals[0]); i++) {
@@ -199,7 +211,8 @@ static void master_watch_signals(struct master *m)
 
 static void master_unwatch_signals(struct master *m)
 {
-    ev_signal *signals[] = {&m->sig_hup, &m->sig_term, &m->sig_int, &m->sig_quit, &m->sig_usr1};
+    ev_signal *signals[] = {&m->sig_hup,  &m->sig_term, &m->sig_int,
+                            &m->sig_quit, &m->sig_usr1, &m->sig_usr2};
 
     for (size_t i = 0; i < sizeof(signals) / sizeof(signals[0]); i++)
         ev_signal_stop(m->loop, signals[i]);

@@ -14,6 +14,7 @@
 #include "master/listen.h"
 #include "master/privileges.h"
 #include "master/spinguard.h"
+#include "master/upgrade.h"
 #include "shm/segment.h"
 #include "worker/worker.h"
 
@@ -58,12 +59,16 @@ struct master {
     struct listen_set sockets;
     struct shm shm;
     char *stats_file; /* fixed at start: not reloadable */
+    /* A new master's stats file, under another name until it serves; else NULL */
+    char *stats_file_pending;
     int pidfile_fd;
+    bool pidfile_owned; /* ours to remove at exit: not before a new master serves, nor after */
+    struct upgrade upgrade;
     struct privileges privileges;
     unsigned next_generation;
     bool shutting_down;
     bool reload_pending;
-    ev_signal sig_hup, sig_term, sig_int, sig_quit, sig_usr1;
+    ev_signal sig_hup, sig_term, sig_int, sig_quit, sig_usr1, sig_usr2;
     ev_child child_watcher;
     ev_timer watchdog_timer;
     ev_timer shutdown_timer;
@@ -71,7 +76,7 @@ struct master {
     ev_timer syn_grace_timer;
     ev_timer start_timer; /* the newest generation must serve every slot before it fires */
     int exit_status;
-    void (*on_ready)(void); /* once, when the first generation serves */
+    void (*on_ready)(struct master *m); /* once, when the first generation serves */
 };
 
 /* Serve until TERM/INT/QUIT: the master's loop. Returns the exit status. */

@@ -52,11 +52,10 @@ static void pidfile_busy(int fd, const char *path, char *err, size_t errsize)
 }
 
 /*
- * Whether fd is still the file at path: an owner exiting unlinks the file and then
- * releases its lock, so we may have locked an inode that no longer has a name, while a
- * third process creates and locks a new one.
+ * An owner exiting unlinks the file and then releases its lock, so we may have locked an
+ * inode that no longer has a name, while a third process creates and locks a new one.
  */
-static bool pidfile_is_linked(int fd, const char *path)
+bool pidfile_is_linked(int fd, const char *path)
 {
     struct stat by_fd, by_path;
 

@@ -1,6 +1,7 @@
 #ifndef SLUICE_PIDFILE_H
 #define SLUICE_PIDFILE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 /*
@@ -13,6 +14,8 @@ int pidfile_acquire(const char *path, char *err, size_t errsize);
 /* Replaces the content with "PID\n" of the caller (call it after daemon_detach). -1
  * with the reason (without the path) in err. */
 int pidfile_write(int fd, char *err, size_t errsize);
+/* Whether fd is still the file named path (a binary upgrade inherits fd). */
+bool pidfile_is_linked(int fd, const char *path);
 /* Unlinks path, then closes fd (so the lock is released last); only the owner calls it. */
 void pidfile_remove(const char *path, int fd);
 

@@ -38,7 +38,7 @@ static unsigned proc_shm_slot(const struct proc *p)
 
 static void supervise_spawn(struct proc *p);
 static void supervise_check_served(struct master *m, struct generation *gen);
-static void supervise_run_pending_reload(struct master *m);
+static void supervise_run_pending(struct master *m);
 static void supervise_syn_grace_cb(struct ev_loop *loop, ev_timer *timer, int revents);
 
 static void supervise_stop_restarts(struct master *m, struct generation *gen)
@@ -47,7 +47,7 @@ static void supervise_stop_restarts(struct master *m, struct generation *gen)
         ev_timer_stop(m->loop, &gen->procs[s].restart_timer);
 }
 
-static double supervise_start_deadline(const struct conf *conf)
+double supervise_start_deadline(const struct conf *conf)
 {
     double deadline = 2 * conf->watchdog_timeout;
 
@@ -60,7 +60,8 @@ static double supervise_start_deadline(const struct conf *conf)
 static void supervise_forget_signals(void *arg)
 {
     struct master *m = arg;
-    ev_signal *signals[] = {&m->sig_hup, &m->sig_term, &m->sig_int, &m->sig_quit, &m->sig_usr1};
+    ev_signal *signals[] = {&m->sig_hup,  &m->sig_term, &m->sig_int,
+                            &m->sig_quit, &m->sig_usr1, &m->sig_usr2};
 
     for (size_t i = 0; i < sizeof(signals) / sizeof(signals[0]); i++)
         ev_signal_stop(m->loop, signals[i]);
@@ -81,6 +82,7 @@ static void supervise_child_close_fds(struct master *m, struct proc *p, int mast
     }
     if (daemon_pipe_fd() >= 0)
         close(daemon_pipe_fd());
+    upgrade_close_in_child(&m->upgrade);
 }
 
 static void __attribute__((noreturn))
@@ -351,14 +353,14 @@ static void supervise_check_served(struct master *m, struct generation *gen)
         log_info("sluice " PACKAGE_VERSION " ready (%u workers, generation %u)", gen->nslots,
                  gen->id);
         if (m->on_ready != NULL)
-            m->on_ready();
+            m->on_ready(m);
     } else if (m->old == NULL) { /* the older generation died before it could be retired */
         log_info("reload: generation %u ready", gen->id);
     } else {
         log_info("reload: generation %u ready, retiring generation %u", gen->id, m->old->id);
         supervise_retire(m, m->old);
     }
-    supervise_run_pending_reload(m);
+    supervise_run_pending(m);
 }
 
 /* A HUP waits until one generation serves alone; this is where it stops waiting. */
@@ -370,13 +372,19 @@ static void supervise_run_pending_reload(struct master *m)
     master_reload(m);
 }
 
+static void supervise_run_pending(struct master *m)
+{
+    supervise_run_pending_reload(m);
+    upgrade_run_pending(m);
+}
+
 static void supervise_old_gone(struct master *m)
 {
     log_info("generation %u has exited", m->old->id);
     supervise_stop_restarts(m, m->old);
     generation_free(m, m->old);
     m->old = NULL;
-    supervise_run_pending_reload(m);
+    supervise_run_pending(m);
 }
 
 /*
@@ -520,7 +528,8 @@ static void supervise_child_cb(struct ev_loop *loop, ev_child *child, int revent
     (void)loop;
     (void)revents;
     if (p == NULL) {
-        log_debug("reaped pid %ld, not a worker", (long)child->rpid);
+        if (!upgrade_reaped(m, child->rpid, child->rstatus))
+            log_debug("reaped pid %ld, not a worker", (long)child->rpid);
         return;
     }
     supervise_reaped(m, p, child->rstatus);
@@ -698,14 +707,26 @@ static void supervise_syn_grace_cb(struct ev_loop *loop, ev_timer *timer, int re
     supervise_close_and_stop(timer->data, true);
 }
 
-void supervise_shutdown(struct master *m, bool drain)
+static void supervise_begin_shutdown(struct master *m)
 {
     m->shutting_down = true;
     m->reload_pending = false;
+    m->upgrade.pending = false;
     ev_timer_stop(m->loop, &m->start_timer);
     ev_timer_stop(m->loop, &m->syn_grace_timer); /* QUIT during TERM's grace: stop now */
     supervise_stop_restarts(m, m->current);
     supervise_stop_restarts(m, m->old);
+}
+
+void supervise_hand_over(struct master *m)
+{
+    supervise_begin_shutdown(m);
+    supervise_close_and_stop(m, true);
+}
+
+void supervise_shutdown(struct master *m, bool drain)
+{
+    supervise_begin_shutdown(m);
     if (!drain) {
         supervise_close_and_stop(m, false);
         return;

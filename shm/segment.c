@@ -113,6 +113,11 @@ int shm_create(struct shm *shm, const char *path, gid_t gid, unsigned permits, c
     void *base = mmap(NULL, o.size, PROT_READ | PROT_WRITE,
                       fd >= 0 ? MAP_SHARED : MAP_SHARED | MAP_ANONYMOUS, fd, 0);
     int saved = errno;
+    struct stat st;
+    if (fd >= 0 && fstat(fd, &st) == 0) {
+        shm->file_dev = st.st_dev;
+        shm->file_ino = st.st_ino;
+    }
     if (fd >= 0)
         close(fd); /* the mapping keeps the file; workers must not inherit the fd */
     if (base == MAP_FAILED) {
@@ -133,8 +138,19 @@ void shm_destroy(struct shm *shm, const char *path)
         return;
     munmap(shm->header, shm->size);
     shm->header = NULL;
-    if (path != NULL && path[0] != '\0')
+    struct stat st;
+    /* After a binary upgrade the name belongs to the new master's file. */
+    if (path != NULL && path[0] != '\0' && lstat(path, &st) == 0 && st.st_dev == shm->file_dev &&
+        st.st_ino == shm->file_ino)
         unlink(path);
+}
+
+int shm_publish(const char *from, const char *to, char *err, size_t errsize)
+{
+    if (rename(from, to) == 0)
+        return 0;
+    snprintf(err, errsize, "stats-file: cannot rename %s to %s: %s", from, to, strerror(errno));
+    return -1;
 }
 
 void shm_slot_begin(struct shm *shm, unsigned slot, unsigned generation)

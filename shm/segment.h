@@ -89,6 +89,9 @@ struct shm {
     struct shm_worker_totals *totals;
     _Atomic uint32_t *permit_cells; /* 0: free, else the owner's slot index + 1 */
     size_t size;
+    /* The file created: only this one is ever removed, whatever has its name by then. */
+    dev_t file_dev;
+    ino_t file_ino;
 };
 
 /*
@@ -97,7 +100,10 @@ struct shm {
  */
 int shm_create(struct shm *shm, const char *path, gid_t gid, unsigned permits, char *err,
                size_t errsize);
+/* Unmap; remove the file at path if it is still the one shm_create made. */
 void shm_destroy(struct shm *shm, const char *path);
+/* Give the file made at path `from` the name `to`, replacing what had it. */
+int shm_publish(const char *from, const char *to, char *err, size_t errsize);
 int64_t shm_now_ms(void);
 /* The master resets a slot for a new process in it. */
 void shm_slot_begin(struct shm *shm, unsigned slot, unsigned generation);
