@@ -156,7 +156,8 @@ static void __attribute__((noreturn)) upgrade_exec(struct master *m, int ready_f
 
     /* libev blocks signals it handles; exec keeps the mask, and the new loop needs them. */
     sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
+    if (sigprocmask(SIG_SETMASK, &none, NULL) < 0)
+        dprintf(output_fd, "sluice: upgrade: sigprocmask: %s\n", strerror(errno));
     int stderr_fd = fcntl(STDERR_FILENO, F_DUPFD, 3); /* F_DUPFD: inherited by exec */
     char *env = upgrade_env_value(m, ready_fd, stderr_fd);
     bool handed = stderr_fd >= 0 && env != NULL && upgrade_set_cloexec(ready_fd, false) == 0 &&
