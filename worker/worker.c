@@ -107,7 +107,7 @@ static void worker_signal_cb(struct ev_loop *loop, ev_signal *sig, int revents)
         ev_break(loop, EVBREAK_ALL);
         break;
     default:
-        /* HUP and USR1 are the master's business (pkill may send them to us too). */
+        /* HUP, USR1 and USR2 are the master's business (pkill may send them to us too). */
         break;
     }
 }
@@ -119,7 +119,7 @@ static void worker_watch_signals(struct worker *w)
         int signum;
     } signals[] = {
         {&w->sig_term, SIGTERM}, {&w->sig_int, SIGINT},   {&w->sig_quit, SIGQUIT},
-        {&w->sig_hup, SIGHUP},   {&w->sig_usr1, SIGUSR1},
+        {&w->sig_hup, SIGHUP},   {&w->sig_usr1, SIGUSR1}, {&w->sig_usr2, SIGUSR2},
     };
 
     for (size_t i = 0; i < sizeof(signals) / sizeof(signals[0]); i++) {
@@ -132,7 +132,8 @@ static void worker_watch_signals(struct worker *w)
 
 static void worker_unwatch_signals(struct worker *w)
 {
-    ev_signal *signals[] = {&w->sig_term, &w->sig_int, &w->sig_quit, &w->sig_hup, &w->sig_usr1};
+    ev_signal *signals[] = {&w->sig_term, &w->sig_int,  &w->sig_quit,
+                            &w->sig_hup,  &w->sig_usr1, &w->sig_usr2};
 
     for (size_t i = 0; i < sizeof(signals) / sizeof(signals[0]); i++) {
         ev_ref(w->loop);

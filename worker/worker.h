@@ -48,7 +48,7 @@ struct worker {
     unsigned nhandshakes; /* of them, in the handshake state */
     bool draining;
     ev_timer drain_timer;
-    ev_signal sig_term, sig_int, sig_quit, sig_hup, sig_usr1;
+    ev_signal sig_term, sig_int, sig_quit, sig_hup, sig_usr1, sig_usr2;
     ev_io control_io;
     ev_timer heartbeat_timer;
     bool ready_sent;
