@@ -148,13 +148,28 @@ static char *upgrade_env_value(const struct master *m, int ready_fd, int stderr_
     return env;
 }
 
+static const int upgrade_master_signals[] = {SIGHUP,  SIGTERM, SIGINT, SIGQUIT,
+                                             SIGUSR1, SIGUSR2, SIGCHLD};
+
+static void upgrade_default_signals(void)
+{
+    for (size_t i = 0; i < sizeof(upgrade_master_signals) / sizeof(upgrade_master_signals[0]); i++)
+        if (signal(upgrade_master_signals[i], SIG_DFL) == SIG_ERR)
+            _exit(UPGRADE_EXEC_FAILED);
+}
+
 /* The forked child: become the new binary with the descriptors it inherits. */
 static void __attribute__((noreturn)) upgrade_exec(struct master *m, int ready_fd, int output_fd)
 {
     const struct upgrade *up = &m->upgrade;
     sigset_t none;
 
-    /* libev blocks signals it handles; exec keeps the mask, and the new loop needs them. */
+    /*
+     * The master's handlers would take a TERM meant for the new master and wake the old
+     * master's loop with it: until exec, signals do what they do to any process. They
+     * were blocked across the fork, so none slipped through to those handlers.
+     */
+    upgrade_default_signals();
     sigemptyset(&none);
     if (sigprocmask(SIG_SETMASK, &none, NULL) < 0)
         dprintf(output_fd, "sluice: upgrade: sigprocmask: %s\n", strerror(errno));
@@ -355,9 +370,15 @@ void upgrade_start(struct master *m)
     }
     fflush(stdout);
     fflush(stderr);
+    sigset_t all, saved;
+    sigfillset(&all);
+    if (sigprocmask(SIG_BLOCK, &all, &saved) < 0)
+        log_errno(LOG_LEVEL_WARNING, "upgrade: sigprocmask");
     pid_t pid = fork();
     if (pid == 0)
         upgrade_exec(m, channel[1], output[1]);
+    if (sigprocmask(SIG_SETMASK, &saved, NULL) < 0)
+        log_errno(LOG_LEVEL_WARNING, "upgrade: sigprocmask");
     close(channel[1]);
     close(output[1]);
     if (pid < 0) {

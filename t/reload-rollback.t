@@ -76,8 +76,9 @@ def permits_exact_after_rollback(t, cert, key, be):
 
 
 def main(t):
-    if not st.sluice_has_fault_injection():
-        t.skip_all("this sluice was built without --enable-fault-injection")
+    has_fault, why = st.sluice_has_fault_injection()
+    if not has_fault:
+        t.skip_all(why)
     sv.kill_strays_at_exit(t)
     cert, key = t.make_cert()
     be = t.start_backend("app", "unix")
