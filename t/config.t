@@ -362,8 +362,10 @@ def review_fixes(t, lines, cert, key, port, backend, conf_file):
     with open(os.path.join(inc_dir, "inc.conf"), "w") as f:
         f.write("\n".join(inc_lines[inc_lines.index("frontends = ("):]) + "\n")
     main_conf = os.path.join(inc_dir, "sluice.conf")
+    # its own pidfile and stats file: the defaults in /run may belong to an installed sluice
+    own_files = ['pidfile = "%s";' % t.path("inc.pid"), 'stats-file = "%s";' % t.path("inc.stats")]
     with open(main_conf, "w") as f:
-        f.write("\n".join(inc_lines[:inc_lines.index("frontends = (")])
+        f.write("\n".join(inc_lines[:inc_lines.index("frontends = (")] + own_files)
                 + '\n@include "inc.conf"\n')
     rc, _, _ = check_ok(t, main_conf, '@include "inc.conf" (relative) resolves beside the '
                         "config when run from /", cwd="/")
