@@ -467,45 +467,17 @@ class Fleet:
         return res
 
 
-class RequestLoop:
+class RequestLoop(st.ClientLoop):
     """Client threads doing requests through the balancer back to back, each on a new
     connection, until stop(). Every request is recorded: (start, end, ok, host, error)."""
 
     def __init__(self, fleet, threads=4):
         self.fleet = fleet
-        self.stopping = threading.Event()
-        self.lock = threading.Lock()
-        self.records = []
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        super().__init__(["fleet"] * threads, st.scaled(10))
 
-    def _run(self):
-        ctx = tc.context(self.fleet.cert)
-        while not self.stopping.is_set():
-            t0 = time.monotonic()
-            r = self.fleet.get(ctx=ctx)
-            with self.lock:
-                self.records.append((t0, time.monotonic(), r["ok"], r["host"], r["error"]))
+    def thread_state(self, kind):
+        return tc.context(self.fleet.cert)
 
-    def start(self):
-        for th in self.threads:
-            th.start()
-        return self
-
-    def stop(self):
-        self.stopping.set()
-        for th in self.threads:
-            th.join(st.scaled(10) + 10)
-        return self
-
-    def count(self):
-        with self.lock:
-            return len(self.records)
-
-    def since(self, t0):
-        with self.lock:
-            return [r for r in self.records if r[0] >= t0]
-
-    def wait_more(self, n, timeout):
-        """Wait until n more requests have completed; True if they did."""
-        base = self.count()
-        return st.wait_until(lambda: self.count() >= base + n, timeout)
+    def request(self, kind, ctx):
+        r = self.fleet.get(ctx=ctx)
+        return r["ok"], r["host"], r["error"]

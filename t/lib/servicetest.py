@@ -184,10 +184,11 @@ def reload(sl, timeout=None, signal_pid=None):
 # clients
 
 
-def https_get(port, cafile, ctx=None, timeout=10, session=None, path="/"):
-    """One HTTPS request with Python's ssl over a new connection. Returns a dict: ok (a
-    200 answer from the backend ending in close_notify), body, how it ended, the server
-    certificate (DER), the client port, session, session_reused, error."""
+def https_get(port, cafile, ctx=None, timeout=10, session=None, path="/", name="localhost"):
+    """One HTTPS request with Python's ssl over a new connection to 127.0.0.1, for the
+    server name name. Returns a dict: ok (a 200 answer from the backend ending in
+    close_notify), body, how it ended, the server certificate (DER), the client port,
+    session, session_reused, error."""
     res = {"ok": False, "error": None, "how": None, "cert": None, "port": None,
            "session": None, "reused": None, "data": b""}
     ctx = ctx or tc.context(cafile)
@@ -195,13 +196,13 @@ def https_get(port, cafile, ctx=None, timeout=10, session=None, path="/"):
     try:
         raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         res["port"] = raw.getsockname()[1]
-        s = ctx.wrap_socket(raw, server_hostname="localhost", suppress_ragged_eofs=False,
+        s = ctx.wrap_socket(raw, server_hostname=name, suppress_ragged_eofs=False,
                             session=session)
         raw = s
         res["cert"] = s.getpeercert(binary_form=True)
         res["reused"] = s.session_reused
-        s.sendall(b"GET %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-                  % path.encode())
+        s.sendall(b"GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n"
+                  % (path.encode(), name.encode()))
         data, how = tc.read_to_close(s, timeout)
         res["data"], res["how"] = data, how
         res["session"] = s.session
@@ -220,7 +221,7 @@ def https_get(port, cafile, ctx=None, timeout=10, session=None, path="/"):
     return res
 
 
-class RequestLoop:
+class RequestLoop(st.ClientLoop):
     """Client threads doing HTTPS requests back to back, each on a new connection, until
     stop(): py_threads with Python's ssl, curl_threads with curl. Every request is
     recorded as (start, end, ok, client kind, what went wrong)."""
@@ -230,66 +231,23 @@ class RequestLoop:
         self.port = port
         self.cafile = cafile
         self.timeout = timeout or st.scaled(10)
-        self.stopping = threading.Event()
-        self.lock = threading.Lock()
-        self.records = []
-        self.threads = ([threading.Thread(target=self._py, daemon=True)
-                         for _ in range(py_threads)]
-                        + [threading.Thread(target=self._curl, daemon=True)
-                           for _ in range(curl_threads)])
+        super().__init__(["python"] * py_threads + ["curl"] * curl_threads, self.timeout)
 
-    def _add(self, t0, ok, kind, detail):
-        with self.lock:
-            self.records.append((t0, time.monotonic(), ok, kind, detail))
+    def thread_state(self, kind):
+        return tc.context(self.cafile) if kind == "python" else None
 
-    def _py(self):
-        ctx = tc.context(self.cafile)
-        while not self.stopping.is_set():
-            t0 = time.monotonic()
+    def request(self, kind, ctx):
+        if kind == "python":
             r = https_get(self.port, self.cafile, ctx=ctx, timeout=self.timeout)
-            self._add(t0, r["ok"], "python", r["error"])
-
-    def _curl(self):
-        while not self.stopping.is_set():
-            t0 = time.monotonic()
-            try:
-                rc, body, err, _ = self.t.curl(self.port, "/", cacert=self.cafile,
-                                               timeout=self.timeout)
-                ok = rc == 0 and body.startswith(b"hello from ")
-                self._add(t0, ok, "curl", None if ok else "rc=%s %s" % (rc, err.strip()))
-            except Exception as e:  # a failure to run curl is a failed request too
-                self._add(t0, False, "curl", "%s: %s" % (type(e).__name__, e))
-
-    def start(self):
-        for th in self.threads:
-            th.start()
-        return self
-
-    def stop(self):
-        self.stopping.set()
-        for th in self.threads:
-            th.join(self.timeout + 10)
-        return self
-
-    def count(self):
-        with self.lock:
-            return len(self.records)
-
-    def failures(self):
-        with self.lock:
-            return [r for r in self.records if not r[2]]
-
-    def max_gap(self):
-        """The longest time without a completed request while the loop ran."""
-        with self.lock:
-            ends = sorted(r[1] for r in self.records)
-        return max((b - a for a, b in zip(ends, ends[1:])), default=0.0)
+            return r["ok"], kind, r["error"]
+        rc, body, err, _ = self.t.curl(self.port, "/", cacert=self.cafile, timeout=self.timeout)
+        ok = rc == 0 and body.startswith(b"hello from ")
+        return ok, kind, None if ok else "rc=%s %s" % (rc, err.strip())
 
 
 def wait_requests(loop, n, timeout):
     """Wait until loop has completed n more requests than now; True if it did."""
-    base = loop.count()
-    return st.wait_until(lambda: loop.count() >= base + n, timeout)
+    return loop.wait_more(n, timeout)
 
 
 # ---------------------------------------------------------------------------------------

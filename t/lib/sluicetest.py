@@ -1078,6 +1078,69 @@ def wait_until(pred, timeout, step=0.05):
         time.sleep(step)
 
 
+class ClientLoop:
+    """Client threads making requests back to back, each on a new connection, until
+    stop(). A subclass gives request(kind, state) -> (ok, who, detail) and, optionally,
+    thread_state(kind), made once per thread (an ssl context). Every request is recorded
+    as (start, end, ok, who, detail)."""
+
+    def __init__(self, kinds, join_timeout):
+        self.join_timeout = join_timeout
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        self.records = []
+        self.threads = [threading.Thread(target=self._run, args=(kind,), daemon=True)
+                        for kind in kinds]
+
+    def thread_state(self, kind):
+        return None
+
+    def _run(self, kind):
+        state = self.thread_state(kind)
+        while not self.stopping.is_set():
+            t0 = time.monotonic()
+            try:
+                ok, who, detail = self.request(kind, state)
+            except Exception as e:  # a client that cannot even run is a failed request
+                ok, who, detail = False, kind, "%s: %s" % (type(e).__name__, e)
+            with self.lock:
+                self.records.append((t0, time.monotonic(), ok, who, detail))
+
+    def start(self):
+        for th in self.threads:
+            th.start()
+        return self
+
+    def stop(self):
+        self.stopping.set()
+        for th in self.threads:
+            th.join(self.join_timeout + 10)
+        return self
+
+    def count(self):
+        with self.lock:
+            return len(self.records)
+
+    def failures(self):
+        with self.lock:
+            return [r for r in self.records if not r[2]]
+
+    def since(self, t0):
+        with self.lock:
+            return [r for r in self.records if r[0] >= t0]
+
+    def wait_more(self, n, timeout):
+        """Wait until n more requests have completed than now; True if they did."""
+        base = self.count()
+        return wait_until(lambda: self.count() >= base + n, timeout)
+
+    def max_gap(self):
+        """The longest time without a completed request while the loop ran."""
+        with self.lock:
+            ends = sorted(r[1] for r in self.records)
+        return max((b - a for a, b in zip(ends, ends[1:])), default=0.0)
+
+
 # ---------------------------------------------------------------------------------------
 # The test backend: `python3 sluicetest.py backend NAME LISTEN REPORT`
 # LISTEN is unix:PATH, HOST:PORT or [V6]:PORT (port 0 = any). Prints "READY ADDR".

@@ -96,12 +96,7 @@ def consistent(t, tree, logrotate):
 
 
 def main(t):
-    why = pkg.unavailable()
-    if why:
-        t.skip_all(why)
-    missing = pkg.missing_tools()
-    if not t.ok(not missing, "the tools the package needs are installed (missing: %s)"
-                % ", ".join(missing)):
+    if not pkg.preflight(t):
         return
     res = pkg.packages(t, fresh=True)
     if not t.ok(res.ok, "dpkg-buildpackage -us -uc -b (nocheck) builds the package in %.0f s "

@@ -391,12 +391,7 @@ def purge(t, before, accounts):
 
 
 def main(t):
-    why = pkg.unavailable()
-    if why:
-        t.skip_all(why)
-    missing = pkg.missing_tools()
-    if not t.ok(not missing, "the tools the package needs are installed (missing: %s)"
-                % ", ".join(missing)):
+    if not pkg.preflight(t):
         return
     t0 = time.monotonic()
     restored = pkg.PolicyRcd.restore()

@@ -23,13 +23,12 @@ import hashlib
 import os
 import re
 import shutil
-import socket
 import ssl
 import stat
 import subprocess
-import threading
 import time
 
+import servicetest as sv
 import sluicetest as st
 
 PKG = "sluice"
@@ -82,6 +81,17 @@ def missing_tools():
     need = [("dh", "debhelper"), ("lintian", "lintian"), ("fakeroot", "fakeroot"),
             ("make-ssl-cert", "ssl-cert"), ("curl", "curl"), ("openssl", "openssl")]
     return ["%s (%s)" % (tool, pkg) for tool, pkg in need if shutil.which(tool) is None]
+
+
+def preflight(t):
+    """Skip the whole test, saying why, where it cannot run here; False (a failed check)
+    when tools the package needs are missing."""
+    why = unavailable()
+    if why:
+        t.skip_all(why)
+    missing = missing_tools()
+    return t.ok(not missing, "the tools the package needs are installed (missing: %s)"
+                % ", ".join(missing))
 
 
 def system_env():
@@ -405,12 +415,7 @@ def exe_of(pid):
 
 
 def pidfile_pid(path=PIDFILE):
-    try:
-        with open(path) as f:
-            text = f.read().strip()
-        return int(text) if text.isdigit() else None
-    except OSError:
-        return None
+    return sv.pidfile_pid(path)
 
 
 def package_processes():
@@ -617,33 +622,9 @@ def account_diff(before, after, name=USER):
 def https_get(port, cafile, name, timeout):
     """One HTTPS request to 127.0.0.1:port with Python's ssl, verifying the certificate
     against cafile for name. Returns (ok, detail, server certificate DER)."""
-    ctx = ssl.create_default_context(cafile=cafile)
-    raw = None
-    try:
-        raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        s = ctx.wrap_socket(raw, server_hostname=name)
-        raw = s
-        der = s.getpeercert(binary_form=True)
-        s.sendall(b"GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % name.encode())
-        data = b""
-        while True:
-            try:
-                d = s.recv(65536)
-            except ssl.SSLZeroReturnError:
-                break
-            if not d:
-                break
-            data += d
-        ok = data.startswith(b"HTTP/1.1 200 ") and b"hello from " in data
-        return ok, None if ok else "answer %r" % data[-120:], der
-    except (OSError, ssl.SSLError, ValueError) as e:
-        return False, "%s: %s" % (type(e).__name__, e), None
-    finally:
-        if raw is not None:
-            try:
-                raw.close()
-            except OSError:
-                pass
+    r = sv.https_get(port, cafile, ctx=ssl.create_default_context(cafile=cafile),
+                     timeout=timeout, name=name)
+    return r["ok"], r["error"], r["cert"]
 
 
 def curl(port, cafile, name, timeout):
@@ -658,46 +639,18 @@ def curl(port, cafile, name, timeout):
                                                      out[:80])
 
 
-class RequestLoop:
+class RequestLoop(st.ClientLoop):
     """Client threads making HTTPS requests back to back, each on a new connection, until
     stop(): py_threads with Python's ssl, curl_threads with curl. Each request is
     recorded as (start, end, ok, kind, detail)."""
 
     def __init__(self, port, cafile, name, py_threads=3, curl_threads=1):
         self.args = (port, cafile, name, st.scaled(10))
-        self.stopping = threading.Event()
-        self.lock = threading.Lock()
-        self.records = []
-        self.threads = ([threading.Thread(target=self._run, args=("python",), daemon=True)
-                         for _ in range(py_threads)]
-                        + [threading.Thread(target=self._run, args=("curl",), daemon=True)
-                           for _ in range(curl_threads)])
+        super().__init__(["python"] * py_threads + ["curl"] * curl_threads, self.args[3])
 
-    def _run(self, kind):
-        while not self.stopping.is_set():
-            t0 = time.monotonic()
-            if kind == "python":
-                ok, detail, _ = https_get(*self.args)
-            else:
-                ok, detail = curl(*self.args)
-            with self.lock:
-                self.records.append((t0, time.monotonic(), ok, kind, detail))
-
-    def start(self):
-        for th in self.threads:
-            th.start()
-        return self
-
-    def stop(self):
-        self.stopping.set()
-        for th in self.threads:
-            th.join(self.args[3] + 10)
-        return self
-
-    def count(self):
-        with self.lock:
-            return len(self.records)
-
-    def failures(self):
-        with self.lock:
-            return [r for r in self.records if not r[2]]
+    def request(self, kind, state):
+        if kind == "python":
+            ok, detail, _ = https_get(*self.args)
+        else:
+            ok, detail = curl(*self.args)
+        return ok, kind, detail
