@@ -166,6 +166,7 @@ static void master_serves(struct master *m)
             m->stats_file_pending = NULL;
         }
     }
+    m->sockets_shared = false; /* the old master lets go of them now */
     if (m->pidfile_fd >= 0 && !m->pidfile_owned) {
         if (pidfile_write(m->pidfile_fd, err, sizeof(err)) < 0)
             log_error("pidfile %s: %s", m->current->conf->pidfile, err);
@@ -319,6 +320,7 @@ int main(int argc, char **argv)
     char *pidfile = strdup(conf->pidfile);
     bool detach = !in.active && (opts.daemonize || (conf->daemon && !opts.foreground));
     m.config_path = upgrade_config_path(&m.upgrade);
+    m.sockets_shared = in.active;
     m.on_ready = master_serves;
     int status = pidfile == NULL ? EXIT_STARTUP : master_prepare(&m, conf, &in);
     if (status < 0 && become_daemon(&m, detach, pidfile, &in) < 0)

@@ -63,6 +63,8 @@ struct master {
     char *stats_file_pending;
     int pidfile_fd;
     bool pidfile_owned; /* ours to remove at exit: not before a new master serves, nor after */
+    /* A new master until it serves: the old one still serves on the same sockets. */
+    bool sockets_shared;
     struct upgrade upgrade;
     struct privileges privileges;
     unsigned next_generation;

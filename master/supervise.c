@@ -623,7 +623,8 @@ static void supervise_start_timeout_cb(struct ev_loop *loop, ev_timer *timer, in
         log_error("no worker of generation %u could serve within %.0fs: giving up", failed->id,
                   supervise_start_deadline(failed->conf));
         m->exit_status = EXIT_STARTUP;
-        supervise_shutdown(m, false);
+        /* A new master's workers may already hold clients of the old master's sockets. */
+        supervise_shutdown(m, m->sockets_shared);
         return;
     }
     log_error("reload: generation %u does not serve within %.0fs; generation %u keeps serving",
@@ -727,8 +728,9 @@ void supervise_hand_over(struct master *m)
 void supervise_shutdown(struct master *m, bool drain)
 {
     supervise_begin_shutdown(m);
-    if (!drain) {
-        supervise_close_and_stop(m, false);
+    /* A SYN filter on shared sockets would hold off the old master's clients too. */
+    if (!drain || m->sockets_shared) {
+        supervise_close_and_stop(m, drain);
         return;
     }
     /*

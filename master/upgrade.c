@@ -328,9 +328,9 @@ static void upgrade_deadline_cb(struct ev_loop *loop, ev_timer *timer, int reven
 static void upgrade_watch(struct master *m, int ready_fd, int output_fd)
 {
     struct upgrade *up = &m->upgrade;
+
     up->deadline_s = UPGRADE_DEADLINE_FACTOR * supervise_start_deadline(m->current->conf) +
                      UPGRADE_DEADLINE_SLACK;
-
     up->ready_fd = ready_fd;
     up->output_fd = output_fd;
     if (fcntl(ready_fd, F_SETFL, O_NONBLOCK) < 0 || fcntl(output_fd, F_SETFL, O_NONBLOCK) < 0)

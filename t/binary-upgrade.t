@@ -21,7 +21,8 @@
 #    deferred while a reload is in progress (a fault keeps the new generation from
 #    serving until its rollback) and run once one generation serves alone; SIGTERM
 #    while a new master starts stops that one too, even 2 ms after SIGUSR2 (between
-#    fork and exec).
+#    fork and exec); SIGTERM to a new master that cannot serve yet leaves the shared
+#    sockets open to new clients of the old master.
 # 7. SIGTERM to the last master: exit 0, pidfile and stats file removed, nothing left.
 import json
 import os
@@ -599,6 +600,42 @@ def term_while_upgrading(t, c, cert, key, be):
     install(c.bin, BUILT)
 
 
+def term_to_starting_new_master(t, c, cert, key, be):
+    """SIGTERM sent to the new master itself while it starts (its worker keeps failing at
+    start-up, so it never serves): it must not hold off SYNs on the sockets it shares
+    with the old master, which goes on serving new clients."""
+    ok, why = st.sluice_has_fault_injection()
+    if not ok:
+        t.skip(why, 2)
+        return
+    port = st.free_port()
+    conf = t.write_config([t.frontend(port, be.address, cert, key)], name="shared.conf",
+                          workers=1)
+    sl = c.start_sluice(conf, "shared")
+    install(c.real, BUILT)
+    install(c.bin, data=('#!/bin/sh\nSLUICE_FAULT=start-exit:0:1 exec "%s" "$@"\n'
+                         % c.real).encode())
+    workers = sl.worker_pids()
+    send(sl.pid, signal.SIGUSR2)
+    half = st.wait_until(lambda: sl.wait_log(r"fault injection: slot 0 exits at start", 0)
+                         and [p for p in sl.worker_pids() if p not in workers], SHORTLY)
+    new = half[0] if half else None
+    t.ok(new is not None and not sl.wait_log(r"new master \(pid \d+\) serves", 0),
+         "6: a new master (pid %s) is starting and its worker cannot serve" % new)
+    if new is not None:
+        send(new, signal.SIGTERM)
+    gone = new is not None and st.wait_until(lambda: not os.path.exists("/proc/%d" % new)
+                                             or sv.ppid(new) != sl.pid, SHORTLY)
+    results = [serves(t, port, cert) for _ in range(6)]
+    t.ok(gone and sl.alive() and all(r[0] for r in results),
+         "6: SIGTERM to it: it exits, and the old master serves 6 new clients at once "
+         "(no SYN held off: %s)" % [r[1] for r in results if not r[0]])
+    install(c.bin, BUILT)
+    sl.stop_and_check(allow_errors=ALLOWED_ERRORS, what="6: sluice (TERM to the new master)")
+    for pid in sv.procs_with_arg(conf):
+        send(pid, signal.SIGKILL)
+
+
 def term_right_after_usr2(t, c, cert, key, be, rounds=5):
     """SIGTERM a few milliseconds after SIGUSR2, while the new master is between fork and
     exec or just started: the old master exits 0 and the new one goes too, every round."""
@@ -662,6 +699,7 @@ def main(t):
     refused_during_term(t, c, cert, key, be)
     term_while_upgrading(t, c, cert, key, be)
     term_right_after_usr2(t, c, cert, key, be)
+    term_to_starting_new_master(t, c, cert, key, be)
 
 
 st.Test("binary-upgrade").main(main)
