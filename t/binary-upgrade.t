@@ -192,6 +192,8 @@ class Chain:
     def __init__(self, t, cert, key, be):
         self.t = t
         self.cert = cert
+        self.key = key
+        self.be = be
         self.bindir = t.path("bin")
         os.makedirs(self.bindir, exist_ok=True)
         self.bin = os.path.join(self.bindir, "sluice")
@@ -217,6 +219,14 @@ class Chain:
             d.pid = pid
         self.masters.append(d)
         return d
+
+    def single(self, name, env=None, **keys):
+        """A foreground sluice of one worker on a port of its own, from the copy of the
+        binary: (port, config path, Sluice)."""
+        port = st.free_port()
+        conf = self.t.write_config([self.t.frontend(port, self.be.address, self.cert, self.key)],
+                                   name=name + ".conf", workers=1, **keys)
+        return port, conf, self.start_sluice(conf, name, env=env)
 
     def start_sluice(self, conf, name, env=None):
         """t.start_sluice (in the foreground) from the copy of the binary."""
@@ -506,11 +516,8 @@ def deferred_during_reload(t, c, cert, key, be):
     if not ok:
         t.skip(why, 4)
         return
-    port = st.free_port()
-    conf = t.write_config([t.frontend(port, be.address, cert, key)], name="reloading.conf",
-                          workers=1)
+    port, conf, sl = c.single("reloading", env={"SLUICE_FAULT": "start-exit:0:2"})
     pidfile = sv.conf_value_of(conf, "pidfile")
-    sl = c.start_sluice(conf, "reloading", env={"SLUICE_FAULT": "start-exit:0:2"})
     deferred = line_of(sl.pid, r".*SIGUSR2: upgrade deferred until generation 2 serves alone")
     upgrading = line_of(sl.pid, r".*SIGUSR2: upgrading to ")
     rolled_back = r"generation 1 keeps serving"
@@ -547,10 +554,7 @@ def deferred_during_reload(t, c, cert, key, be):
 
 def refused_during_term(t, c, cert, key, be):
     """USR2 during SIGTERM's drain (a connection holds it) is refused."""
-    port = st.free_port()
-    conf = t.write_config([t.frontend(port, be.address, cert, key)], name="stopping.conf",
-                          workers=1, drain_timeout=DRAIN)
-    sl = c.start_sluice(conf, "stopping")
+    port, conf, sl = c.single("stopping", drain_timeout=DRAIN)
     ignored = line_of(sl.pid, r".*SIGUSR2 ignored")
     upgrading = line_of(sl.pid, r"SIGUSR2: upgrading")
     echo = Echo(port, cert)
@@ -573,10 +577,7 @@ def refused_during_term(t, c, cert, key, be):
 
 def term_while_upgrading(t, c, cert, key, be):
     """SIGTERM to a master whose new master is still starting stops that one too."""
-    port = st.free_port()
-    conf = t.write_config([t.frontend(port, be.address, cert, key)], name="abort.conf",
-                          workers=1)
-    sl = c.start_sluice(conf, "abort")
+    port, conf, sl = c.single("abort")
     slow_wrapper(c, st.scaled(10))
     workers = sl.worker_pids()
     send(sl.pid, signal.SIGUSR2)
@@ -608,10 +609,7 @@ def term_to_starting_new_master(t, c, cert, key, be):
     if not ok:
         t.skip(why, 2)
         return
-    port = st.free_port()
-    conf = t.write_config([t.frontend(port, be.address, cert, key)], name="shared.conf",
-                          workers=1)
-    sl = c.start_sluice(conf, "shared")
+    port, conf, sl = c.single("shared")
     install(c.real, BUILT)
     install(c.bin, data=('#!/bin/sh\nSLUICE_FAULT=start-exit:0:1 exec "%s" "$@"\n'
                          % c.real).encode())
@@ -641,10 +639,7 @@ def term_right_after_usr2(t, c, cert, key, be, rounds=5):
     exec or just started: the old master exits 0 and the new one goes too, every round."""
     left, statuses = [], []
     for i in range(rounds):
-        port = st.free_port()
-        conf = t.write_config([t.frontend(port, be.address, cert, key)], name="race%d.conf" % i,
-                              workers=1)
-        sl = c.start_sluice(conf, "race%d" % i)
+        port, conf, sl = c.single("race%d" % i)
         send(sl.pid, signal.SIGUSR2)
         time.sleep(0.002)
         statuses.append(sl.stop(sig=signal.SIGTERM, timeout=st.scaled(10)))
