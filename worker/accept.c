@@ -49,14 +49,25 @@ static void accept_back_off(struct worker *w)
     accept_update(w);
 }
 
-/* Drop a reserve that no client took, keeping accept's errno for the caller. */
-static void accept_drop_reserve(int reserve)
+/*
+ * A client is taken from the queue only with a descriptor set aside for its backend
+ * socket (relayd's accept reserve). Without it, a worker short of descriptors would
+ * accept clients, do their handshakes and then fail them at connect time; with it, they
+ * wait in the queue until descriptors free. One reserve is kept ready while accepting:
+ * made at start, after each client takes one and when a pause ends.
+ */
+static bool accept_have_reserve(struct worker *w)
 {
-    int saved_errno = errno;
+    if (w->accept_reserve < 0)
+        w->accept_reserve = eventfd(0, EFD_CLOEXEC);
+    return w->accept_reserve >= 0;
+}
 
-    if (close(reserve) < 0)
+static void accept_drop_reserve(struct worker *w)
+{
+    if (w->accept_reserve >= 0 && close(w->accept_reserve) < 0)
         log_errno(LOG_LEVEL_WARNING, "close the descriptor reserve");
-    errno = saved_errno;
+    w->accept_reserve = -1;
 }
 
 /* Returns false when this listener should not be drained further now. */
@@ -66,20 +77,12 @@ static bool accept_one(struct listener *l)
     struct sockaddr_storage ss;
     socklen_t sslen = sizeof(ss);
 
-    /*
-     * A client is taken from the queue only with a descriptor set aside for its backend
-     * socket (relayd's accept reserve). Without it, a worker short of descriptors would
-     * accept clients, do their handshakes and then fail them at connect time; with it,
-     * they wait in the queue until descriptors free.
-     */
-    int reserve = eventfd(0, EFD_CLOEXEC);
-    if (reserve < 0) {
+    if (!accept_have_reserve(w)) {
         accept_back_off(w); /* errno says why: EMFILE, ENFILE, ENOMEM */
         return false;
     }
     int fd = accept4(l->fd, (struct sockaddr *)&ss, &sslen, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
-        accept_drop_reserve(reserve);
         switch (errno) {
         case EAGAIN:
 #if EAGAIN != EWOULDBLOCK
@@ -112,7 +115,13 @@ static bool accept_one(struct listener *l)
         }
     }
     stats_add(&w->counters->accepted, 1);
+    int reserve = w->accept_reserve;
+    w->accept_reserve = -1;
     conn_new(w, l->fe, fd, reserve, (struct sockaddr *)&ss, sslen);
+    if (!accept_have_reserve(w)) {
+        accept_back_off(w);
+        return false;
+    }
     return !w->accept_full;
 }
 
@@ -144,6 +153,10 @@ static void accept_backoff_cb(struct ev_loop *loop, ev_timer *timer, int revents
     (void)loop;
     (void)revents;
     w->accept_backoff = false;
+    if (!accept_have_reserve(w)) {
+        accept_back_off(w);
+        return;
+    }
     accept_update(w);
 }
 
@@ -182,6 +195,7 @@ static void accept_remove_slot(struct worker *w, unsigned slot)
 
 int accept_start(struct worker *w)
 {
+    w->accept_reserve = -1;
     w->listeners = calloc(w->spec->nslots, sizeof(*w->listeners));
     if (w->listeners == NULL) {
         log_error("out of memory for %u listener slots", w->spec->nslots);
@@ -191,6 +205,8 @@ int accept_start(struct worker *w)
     w->accept_backoff_timer.data = w;
     if (accept_add_slot(w, w->spec->slot) < 0)
         return -1;
+    /* Not fatal: the first accept tries again, and pauses and says why if it must. */
+    (void)accept_have_reserve(w);
     accept_update(w);
     return 0;
 }
@@ -257,6 +273,7 @@ void accept_stop(struct worker *w)
     w->draining = true;
     ev_timer_stop(w->loop, &w->accept_backoff_timer);
     accept_update(w);
+    accept_drop_reserve(w);
     for (size_t i = 0; i < w->nfrontends; i++) {
         for (unsigned slot = 0; slot < w->spec->nslots; slot++) {
             int *fd = &w->frontends[i].listen_fds[slot];
@@ -274,6 +291,7 @@ void accept_free(struct worker *w)
     for (unsigned slot = 0; slot < w->spec->nslots; slot++)
         accept_remove_slot(w, slot);
     ev_timer_stop(w->loop, &w->accept_backoff_timer);
+    accept_drop_reserve(w);
     free(w->listeners);
     w->listeners = NULL;
 }

@@ -169,6 +169,17 @@ static enum step relay_write(struct conn *c, struct relay_dir *d)
     return step == STEP_CLOSED ? STEP_CLOSED : result;
 }
 
+/*
+ * The other direction is over and the client is owed nothing: once this one ends, the
+ * connection closes, and close(2) ends a plaintext sink's stream as shutdown(2) would.
+ */
+static bool relay_closes_next(const struct conn *c, const struct relay_dir *d)
+{
+    const struct relay_dir *other = d == &c->c2b ? &c->b2c : &c->c2b;
+
+    return d->dst->ssl == NULL && other->state == DIR_SHUT && !endpoint_output_pending(&c->client);
+}
+
 /* Source ended and everything is delivered: end the sink's stream too (half-close). */
 static enum step relay_shutdown(struct conn *c, struct relay_dir *d)
 {
@@ -176,6 +187,11 @@ static enum step relay_shutdown(struct conn *c, struct relay_dir *d)
 
     if (d->state != DIR_DRAINING || relay_buffered(d) != 0 || d->dst_blocked)
         return STEP_IDLE;
+    if (relay_closes_next(c, d)) {
+        d->state = DIR_SHUT;
+        conn_progressed(c);
+        return STEP_MOVED;
+    }
     switch (d->dst->ops->shutdown(d->dst, &want)) {
     case IO_DONE:
         conn_log(c, LOG_LEVEL_DEBUG, "ended the stream to the %s", d->dst->name);

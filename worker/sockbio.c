@@ -125,8 +125,10 @@ static int sockbio_read(BIO *bio, char *buf, size_t len, size_t *readbytes)
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
         BIO_set_retry_read(bio);
     /* n == 0 with errno 0 is how OpenSSL learns of an unexpected EOF. */
-    if (n == 0)
+    if (n == 0) {
+        ep->eof = true;
         errno = 0;
+    }
     return 0;
 }
 

@@ -101,8 +101,10 @@ static enum io_status plain_read(struct endpoint *ep, char *buf, size_t len, siz
             *want = 0;
             return IO_DONE;
         }
-        if (rc == 0)
+        if (rc == 0) {
+            ep->eof = true;
             return IO_EOF;
+        }
         if (errno == EINTR)
             continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) {
@@ -172,7 +174,8 @@ void endpoint_discard_input(const struct endpoint *ep)
     char sink[4096];
     size_t total = 0;
 
-    while (total < DISCARD_MAX) {
+    /* After the end of its stream a peer can send nothing more: no read to pay for. */
+    while (!ep->eof && total < DISCARD_MAX) {
         ssize_t rc = recv(ep->fd, sink, sizeof(sink), MSG_DONTWAIT);
         if (rc > 0)
             total += (size_t)rc;

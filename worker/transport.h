@@ -36,6 +36,7 @@ struct endpoint {
     char *out;                     /* TLS records written but not yet sent (sockbio) */
     size_t out_len, out_cap;
     bool drained; /* the last read took all the socket had */
+    bool eof;     /* a read met the end of the peer's stream: nothing can follow */
     /*
      * The failure behind the last IO_FAIL. The text lives in one buffer per worker, not
      * per connection: every caller acts on an IO_FAIL (closes) before any other I/O.

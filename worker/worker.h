@@ -58,6 +58,7 @@ struct worker {
     ev_timer accept_backoff_timer;
     ev_tstamp accept_error_logged;
     unsigned long accept_errors_unlogged;
+    int accept_reserve; /* the descriptor the next client's backend socket will take, or -1 */
     /* handshakes waiting for a permit, oldest first */
     struct conn *parked_head, *parked_tail;
     ev_timer permit_retry_timer;

@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+# What a short TLS connection costs in system calls of the worker, counted by strace over
+# a run of sequential connections (connect, TLS 1.3 handshake, one request, the answer and
+# close_notify, the client closes). Every call costs a kernel entry, and on a virtual
+# machine an expensive one; these are the calls sluice used to make for nothing:
+# - a descriptor reserve made before an accept that then said EAGAIN, and closed again;
+# - shutdown(2) of a backend socket that close(2) ends a moment later anyway;
+# - a read for unread input on a client whose end of stream was already read.
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import time
+
+import sluicetest as st
+import tlsclient as tc
+
+CONNECTIONS = 20
+
+
+def one_request(port, cert):
+    ctx = tc.context(cert, version=ssl.TLSVersion.TLSv1_3)
+    with socket.create_connection(("127.0.0.1", port), timeout=st.scaled(10)) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            data = b""
+            while True:
+                try:
+                    chunk = s.recv(4096)
+                except ssl.SSLZeroReturnError:
+                    break
+                if not chunk:
+                    break
+                data += chunk
+    return data
+
+
+def trace_worker(t, pid, path):
+    """strace attached to pid, writing path; returns once it traces."""
+    tracer = st.spawn(["strace", "-p", str(pid), "-o", path,
+                       "-e", "trace=accept4,eventfd2,shutdown,recvfrom,close"],
+                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + st.scaled(10)
+    while time.monotonic() < deadline:
+        try:
+            with open("/proc/%d/status" % pid) as f:
+                if re.search(r"^TracerPid:\s*%d$" % tracer.pid, f.read(), re.M):
+                    return tracer
+        except OSError:
+            break
+        time.sleep(0.05)
+    t.diag("strace did not attach to %d" % pid)
+    return tracer
+
+
+def main(t):
+    if shutil.which("strace") is None:
+        t.skip_all("strace is not installed")
+    cert, key = t.make_cert()
+    be = t.start_backend("app", "unix")
+    port = st.free_port()
+    conf = t.write_config([t.frontend(port, be.address, cert, key)], workers=1)
+    sl = t.start_sluice(conf)
+    for _ in range(2):  # warm: the worker's one-time allocations are not the subject
+        one_request(port, cert)
+    worker = sl.worker_pids()[0]
+    path = t.path("worker.strace")
+    tracer = trace_worker(t, worker, path)
+
+    answers = [one_request(port, cert) for _ in range(CONNECTIONS)]
+    t.ok(all(b"hello from app" in a for a in answers),
+         "%d sequential TLS 1.3 requests got their answers" % CONNECTIONS)
+    # The worker closes each connection once the client's FIN is in: let the last one go.
+    time.sleep(st.scaled(0.5))
+    tracer.send_signal(signal.SIGINT)
+    tracer.wait(timeout=st.scaled(10))
+    with open(path) as f:
+        calls = [ln for ln in f.read().splitlines() if re.match(r"\w+\(", ln)]
+
+    def count(name, pattern=""):
+        return sum(1 for ln in calls if ln.startswith(name + "(") and re.search(pattern, ln))
+
+    accepted = count("accept4", r"\) = \d+$")
+    t.ok(accepted == CONNECTIONS,
+         "the trace saw every connection accepted (%d of %d)" % (accepted, CONNECTIONS))
+    reserves = count("eventfd2")
+    t.ok(reserves <= CONNECTIONS + 1,
+         "one descriptor reserve per client, none made for an accept that found no client: "
+         "%d eventfd2 calls for %d connections" % (reserves, CONNECTIONS))
+    shutdowns = count("shutdown")
+    t.ok(shutdowns == 0,
+         "no shutdown(2) of a backend socket about to be closed: %d calls" % shutdowns)
+    probes = count("recvfrom", r"MSG_DONTWAIT")
+    t.ok(probes == 0,
+         "no read for unread input on clients that ended their stream: %d calls" % probes)
+    sl.stop_and_check()
+
+
+st.Test("syscalls").main(main)
