@@ -11,6 +11,7 @@
 
 #include "worker/conn.h"
 #include "worker/relay.h"
+#include "worker/sockbio.h"
 #include "worker/worker.h"
 
 static int backend_fail(struct conn *c, int err)
@@ -50,6 +51,11 @@ int backend_connect(struct conn *c)
     /* EINTR on a TCP connect: the handshake goes on in the background, like EINPROGRESS. */
     if (errno != EINPROGRESS && errno != EINTR)
         return backend_fail(c, errno);
+    /* No answer can come before the connect does: held session tickets leave now. */
+    if (endpoint_release_output(&c->client) == IO_FAIL) {
+        conn_close(c, END_CLIENT_ERROR, "%s", c->client.why);
+        return -1;
+    }
     /* The client waits: what it sends now stays in its socket until the relay starts. */
     conn_watch(c, &c->client, 0);
     conn_watch(c, &c->backend, EV_WRITE);

@@ -145,6 +145,15 @@ void conn_set_state(struct conn *c, enum conn_state state)
     ev_timer_start(c->worker->loop, &c->timer);
 }
 
+void conn_limit_hold(struct conn *c)
+{
+    ev_tstamp idle = conn_state_timeout(c, c->state);
+
+    ev_timer_stop(c->worker->loop, &c->timer);
+    ev_timer_set(&c->timer, idle < HELD_OUTPUT_WAIT ? idle : HELD_OUTPUT_WAIT, 0);
+    ev_timer_start(c->worker->loop, &c->timer);
+}
+
 void conn_progressed(struct conn *c)
 {
     c->transitions++;
@@ -279,7 +288,7 @@ void conn_close(struct conn *c, enum conn_end end, const char *fmt, ...)
         SSL_shutdown(c->client.ssl);
     }
     ERR_clear_error();
-    (void)endpoint_flush(&c->client);
+    (void)endpoint_release_output(&c->client);
     sockbio_release(&c->client);
     endpoint_discard_input(&c->client);
     ev_timer_stop(w->loop, &c->timer);
@@ -363,6 +372,8 @@ static void conn_timer_cb(struct ev_loop *loop, ev_timer *timer, int revents)
         return;
     case CONN_RELAY:
     case CONN_CLOSING:
+        if (c->client.out_held && relay_send_held(c) < 0)
+            return;
         break;
     }
     /*

@@ -91,6 +91,13 @@ void conn_new(struct worker *w, struct frontend *fe, int fd, int backend_reserve
               const struct sockaddr *sa, socklen_t salen);
 void conn_set_state(struct conn *c, enum conn_state state);
 void conn_progressed(struct conn *c);
+/*
+ * A relaying connection holds client records (TLS 1.3 session tickets) for its first
+ * answer: the timer sends them on their own after HELD_OUTPUT_WAIT if the answer is late,
+ * as they would have gone without the hold, and then goes back to the idle deadline.
+ */
+#define HELD_OUTPUT_WAIT 0.05
+void conn_limit_hold(struct conn *c);
 /* Microseconds on the monotonic clock. */
 uint64_t conn_clock_us(void);
 /* The one teardown: logs "connection closed: <end>[: detail]", counts it, frees c. */

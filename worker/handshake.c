@@ -104,8 +104,18 @@ int handshake_step(struct conn *c)
     int rc = SSL_do_handshake(ssl);
     int saved_errno = errno;
     int error = SSL_get_error(ssl, rc);
-    if (rc == 1 || error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE ||
-        error == SSL_ERROR_WANT_CLIENT_HELLO_CB) {
+    if (rc == 1 && SSL_version(ssl) == TLS1_3_VERSION) {
+        /*
+         * All TLS 1.3 writes after its Finished are session tickets, which the client does
+         * not wait for: they leave with the first answer, in its segment (relay_start).
+         */
+        if (!endpoint_hold_output(&c->client)) {
+            conn_close(c, END_NO_RESOURCES, "no memory for %zu bytes of session tickets",
+                       c->client.out_len);
+            return -1;
+        }
+    } else if (rc == 1 || error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE ||
+               error == SSL_ERROR_WANT_CLIENT_HELLO_CB) {
         if (endpoint_flush(&c->client) == IO_FAIL) {
             conn_close(c, END_HANDSHAKE_FAILED, "%s", c->client.why);
             return -1;

@@ -323,6 +323,20 @@ static bool relay_proxy_header(struct conn *c)
     return true;
 }
 
+int relay_send_held(struct conn *c)
+{
+    switch (endpoint_release_output(&c->client)) {
+    case IO_FAIL:
+        relay_fail(c, &c->client);
+        return -1;
+    case IO_AGAIN:
+        relay_watch(c);
+        return 0;
+    default:
+        return 0;
+    }
+}
+
 int relay_start(struct conn *c)
 {
     /*
@@ -336,6 +350,8 @@ int relay_start(struct conn *c)
     conn_set_state(c, CONN_RELAY);
     if (c->fe->conf->proxy_protocol != PROXY_PROTOCOL_OFF && !relay_proxy_header(c))
         return -1;
+    if (c->client.out_held)
+        conn_limit_hold(c);
     return relay_pump(c);
 }
 

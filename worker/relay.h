@@ -10,5 +10,7 @@ int relay_start(struct conn *c);
 int relay_on_io(struct conn *c, struct endpoint *ep, int revents);
 /* Free the relay buffers (at teardown). */
 void relay_release(struct conn *c);
+/* The first answer is late: send the held client records on their own. -1 if c closed. */
+int relay_send_held(struct conn *c);
 
 #endif

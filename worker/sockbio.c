@@ -4,7 +4,8 @@
  * TLS 1.3 connection that asks for one small response would cost five of them (the
  * server's flight, two tickets, the response, close_notify). Here records made during
  * one wake-up are held and leave together when the step ends (endpoint_flush), so the
- * same exchange costs three, and a download sends four records per segment.
+ * same exchange costs three, and a download sends four records per segment. TLS 1.3's
+ * tickets wait longer still, for the response's segment (endpoint_hold_output): two.
  * OpenSSL's BIO_flush is a no-op here for that reason: the end of the step flushes.
  * Records are held in one scratch buffer per worker, since only one step runs at a time;
  * a connection owns memory only for bytes the kernel would not take at the flush.
@@ -67,9 +68,24 @@ static ssize_t sockbio_send(struct endpoint *ep, const char *data, size_t len)
     return (ssize_t)sent;
 }
 
+/* Records held from an earlier step go into this step's scratch, ahead of its own. */
+static void sockbio_resume_held(struct endpoint *ep, size_t len)
+{
+    ep->out_held = false;
+    if (hold_scratch == NULL || hold_scratch_user != NULL || ep->out_len + len > SOCKBIO_HOLD_MAX)
+        return; /* then sockbio_send sends them and the new record in one sendmsg */
+    memcpy(hold_scratch, ep->out, ep->out_len);
+    free(ep->out);
+    ep->out = hold_scratch;
+    ep->out_cap = SOCKBIO_HOLD_MAX;
+    hold_scratch_user = ep;
+}
+
 /* Append to what this step holds; false when it does not fit (the caller sends instead). */
 static bool sockbio_hold(struct endpoint *ep, const char *data, size_t len)
 {
+    if (ep->out_held)
+        sockbio_resume_held(ep, len);
     if (ep->out == NULL) {
         if (hold_scratch == NULL && (hold_scratch = malloc(SOCKBIO_HOLD_MAX)) == NULL)
             return false;
@@ -197,8 +213,24 @@ static bool sockbio_detach(struct endpoint *ep)
     return true;
 }
 
+bool endpoint_hold_output(struct endpoint *ep)
+{
+    if (!sockbio_detach(ep))
+        return false;
+    ep->out_held = ep->out_len > 0;
+    return true;
+}
+
+enum io_status endpoint_release_output(struct endpoint *ep)
+{
+    ep->out_held = false;
+    return endpoint_flush(ep);
+}
+
 enum io_status endpoint_flush(struct endpoint *ep)
 {
+    if (ep->out_held)
+        return IO_DONE;
     if (ep->out_len == 0) {
         sockbio_drop_output(ep);
         return IO_DONE;

@@ -35,8 +35,9 @@ struct endpoint {
     unsigned long long wire_bytes; /* bytes through the fd, both ways */
     char *out;                     /* TLS records written but not yet sent (sockbio) */
     size_t out_len, out_cap;
-    bool drained; /* the last read took all the socket had */
-    bool eof;     /* a read met the end of the peer's stream: nothing can follow */
+    bool drained;  /* the last read took all the socket had */
+    bool eof;      /* a read met the end of the peer's stream: nothing can follow */
+    bool out_held; /* out holds records kept back to leave with the next ones */
     /*
      * The failure behind the last IO_FAIL. The text lives in one buffer per worker, not
      * per connection: every caller acts on an IO_FAIL (closes) before any other I/O.
