@@ -8,6 +8,13 @@
  * which), keep-alive requests, bulk transfer, idle connections held open, and stalled TCP
  * connections that never send a byte (slowloris). It prints one logfmt summary line.
  *
+ * By default each slot starts its next connection or request as soon as the last one is
+ * done (a closed loop: the rate is what the server and this client can do together).
+ * --rate makes it an open loop, for latency at a given load: connections (full, resume)
+ * or requests (keepalive) fall due at a fixed rate whatever the server does, and latency
+ * counts from when each fell due, so a server's backlog shows in the figures instead of
+ * slowing the load down (no coordinated omission).
+ *
  * Counters a thread owns are plain or relaxed atomics (for the progress line); the main
  * thread only reads the rest after joining the threads.
  */
@@ -41,6 +48,7 @@
 #include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -82,6 +90,7 @@ struct options {
     const char *path;
     const char *sigalgs, *groups, *ciphers;
     double hold; /* idle: seconds held once established; < 0: -d */
+    double rate; /* --rate: connections or requests due per second, all threads; 0: none */
     bool quiet;
 };
 
@@ -99,6 +108,7 @@ enum state {
     ST_DRAIN, /* full/resume: response read, waiting for the server's close */
     ST_HOLD,  /* idle: established and silent */
     ST_STALL, /* stall: connected, silent, waiting for the server to give up */
+    ST_PACED, /* keepalive --rate: waiting for the next request to fall due */
     ST_DONE   /* stall: closed by the server, never reconnects */
 };
 
@@ -126,8 +136,9 @@ struct conn {
     bool established; /* counted in shared->established */
     bool resumed;
     unsigned tickets;  /* sessions the server sent on this connection (full, resume) */
-    uint64_t t_start;  /* connect started */
-    uint64_t t_req;    /* request started; stall: connected */
+    uint64_t t_start;  /* connect started; --rate: the connection fell due */
+    uint64_t t_next;   /* keepalive --rate: when the next request falls due; 0: not up yet */
+    uint64_t t_req;    /* request started (--rate: fell due); stall: connected */
     uint64_t t_due;    /* end of the backoff */
     SSL_SESSION *sess; /* resume: the newest session this slot obtained */
     struct response rsp;
@@ -151,8 +162,17 @@ struct shared {
     atomic_uint reports;
 };
 
+/* A thread's share of --rate: arrival k falls due at t0 + k * gap_ns. */
+struct pacing {
+    int timer_fd; /* wakes the loop when the next arrival falls due; -1 without --rate */
+    uint64_t t0;
+    double gap_ns;
+    uint64_t next; /* full, resume: the next connection to start */
+};
+
 struct worker {
     struct shared *sh;
+    struct pacing pace;
     pthread_t thread;
     int epfd;
     SSL_CTX *ctx;
@@ -168,8 +188,8 @@ struct worker {
     struct hist lat; /* latencies; stall: lifetimes of the connections the server closed */
 };
 
-/* Epoll tag of the stop eventfd; connections use their own pointers. */
-static char stop_tag;
+/* Epoll tags of the stop eventfd and the pacing timer; connections use their own pointers. */
+static char stop_tag, pace_tag;
 
 static void fatal_ssl(const char *what)
 {
@@ -431,14 +451,14 @@ static void conn_ssl_wait(struct conn *c, int r, const char *what)
         conn_fail(c, what, ssl_error_detail(err, saved, buf, sizeof(buf)));
 }
 
-static void conn_start(struct conn *c)
+static void conn_start(struct conn *c, uint64_t due)
 {
     struct worker *w = c->w;
     const struct shared *sh = w->sh;
     struct epoll_event ev = {.events = EPOLLOUT, .data.ptr = c};
     int one = 1;
 
-    c->t_start = now_ns();
+    c->t_start = due;
     c->fd = socket(sh->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (c->fd == -1) {
         conn_fail_errno(c, "socket", errno);
@@ -518,10 +538,36 @@ static void conn_connected(struct conn *c)
     conn_handshake(c);
 }
 
+static bool paced(const struct worker *w)
+{
+    return w->pace.timer_fd != -1;
+}
+
+static uint64_t pace_due(const struct worker *w, uint64_t k)
+{
+    return w->pace.t0 + (uint64_t)((double)k * w->pace.gap_ns);
+}
+
 static void request_start(struct conn *c)
 {
+    struct worker *w = c->w;
+    uint64_t now = now_ns();
+
     memset(&c->rsp, 0, offsetof(struct response, head));
-    c->t_req = now_ns();
+    c->t_req = now;
+    if (paced(w) && conn_mode(c) == MODE_KEEPALIVE) {
+        /* The schedule of a connection starts once it is up: handshakes are not requests. */
+        if (c->t_next == 0)
+            c->t_next = now + (uint64_t)((double)(c - w->conns) * w->pace.gap_ns);
+        if (c->t_next > now) {
+            c->st = ST_PACED; /* send_due starts it; the timer wakes the loop for it */
+            conn_want(c, 0);
+            return;
+        }
+        /* Late or on time, its latency counts from when it fell due. */
+        c->t_req = c->t_next;
+        c->t_next += (uint64_t)(w->pace.gap_ns * w->nconns);
+    }
     c->st = ST_SEND;
     conn_send(c);
 }
@@ -894,6 +940,9 @@ static void conn_event(struct conn *c)
     case ST_STALL:
         conn_stall_read(c);
         break;
+    case ST_PACED: /* only an error or a hang-up reaches a connection that waits */
+        conn_fail(c, "keepalive", "closed by the server between requests");
+        break;
     case ST_WAIT:
     case ST_DONE:
         break;
@@ -904,8 +953,66 @@ static void conn_event(struct conn *c)
 
 static void start_pending(struct worker *w)
 {
-    while (w->in_flight < w->max_in_flight && w->startq.head != NULL)
-        conn_start(fifo_pop(&w->startq));
+    bool by_rate = paced(w) && (w->sh->opt->mode == MODE_FULL || w->sh->opt->mode == MODE_RESUME);
+    uint64_t now = now_ns();
+
+    while (w->in_flight < w->max_in_flight && w->startq.head != NULL) {
+        if (!by_rate) {
+            conn_start(fifo_pop(&w->startq), now);
+            continue;
+        }
+        /* A connection that fell due while every slot was busy starts late, counted from due. */
+        uint64_t due = pace_due(w, w->pace.next);
+        if (due > now)
+            break;
+        w->pace.next++;
+        conn_start(fifo_pop(&w->startq), due);
+    }
+}
+
+/* keepalive --rate: connections whose next request has fallen due send it. */
+static void send_due(struct worker *w)
+{
+    uint64_t now = now_ns();
+
+    for (unsigned i = 0; i < w->nconns; i++) {
+        struct conn *c = &w->conns[i];
+        if (c->st == ST_PACED && c->t_next <= now)
+            request_start(c);
+    }
+}
+
+/* When the loop must wake for the next arrival, or 0 if none can start before an event. */
+static uint64_t pace_next_wake(const struct worker *w)
+{
+    uint64_t next = 0;
+
+    if (w->sh->opt->mode == MODE_KEEPALIVE) {
+        for (unsigned i = 0; i < w->nconns; i++) {
+            const struct conn *c = &w->conns[i];
+            if (c->st == ST_PACED && (next == 0 || c->t_next < next))
+                next = c->t_next;
+        }
+        return next;
+    }
+    if (w->in_flight < w->max_in_flight && w->startq.head != NULL)
+        next = pace_due(w, w->pace.next);
+    return next;
+}
+
+static void pace_arm(struct worker *w)
+{
+    uint64_t at = pace_next_wake(w);
+    struct itimerspec its = {.it_value = {.tv_sec = (time_t)(at / NS), .tv_nsec = (long)(at % NS)}};
+
+    /* at == 0 disarms; a time already past fires at once. */
+    if (timerfd_settime(w->pace.timer_fd, TFD_TIMER_ABSTIME, &its, NULL) == -1)
+        warnx("timerfd_settime: %s", strerror(errno));
+}
+
+static void pace_start(struct worker *w)
+{
+    w->pace.t0 = now_ns();
 }
 
 /* Moves slots whose backoff is over to the start queue; returns ms to the next, or -1. */
@@ -941,6 +1048,15 @@ static void worker_close_all(struct worker *w)
     }
 }
 
+static void pace_clear(struct worker *w)
+{
+    uint64_t expirations;
+
+    /* EAGAIN: re-armed since it fired; the loop's checks run either way. */
+    if (read(w->pace.timer_fd, &expirations, sizeof(expirations)) == -1 && errno != EAGAIN)
+        warnx("read timerfd: %s", strerror(errno));
+}
+
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
@@ -948,9 +1064,15 @@ static void *worker_main(void *arg)
 
     for (unsigned i = 0; i < w->nconns; i++)
         fifo_push(&w->startq, &w->conns[i]);
+    if (paced(w))
+        pace_start(w);
     while (!w->stopping) {
         int timeout = backoff_expire(w);
         start_pending(w);
+        if (paced(w)) {
+            send_due(w);
+            pace_arm(w);
+        }
         int n = epoll_wait(w->epfd, events, MAX_EVENTS, timeout);
         if (n == -1) {
             if (errno == EINTR)
@@ -961,6 +1083,8 @@ static void *worker_main(void *arg)
         for (int i = 0; i < n && !w->stopping; i++) {
             if (events[i].data.ptr == &stop_tag)
                 w->stopping = true; /* in-flight work is abandoned */
+            else if (events[i].data.ptr == &pace_tag)
+                pace_clear(w);
             else
                 conn_event(events[i].data.ptr);
         }
@@ -1033,11 +1157,24 @@ static void worker_init(struct worker *w, struct shared *sh, unsigned nconns,
         warnx("epoll: %s", strerror(errno));
         exit(1);
     }
+    w->pace.timer_fd = -1;
+    if (sh->opt->rate > 0) {
+        struct epoll_event tev = {.events = EPOLLIN, .data.ptr = &pace_tag};
+        w->pace.gap_ns = (double)NS * sh->opt->threads / sh->opt->rate;
+        w->pace.timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+        if (w->pace.timer_fd == -1 ||
+            epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->pace.timer_fd, &tev) == -1) {
+            warnx("timerfd: %s", strerror(errno));
+            exit(1);
+        }
+    }
 }
 
 static void worker_free(struct worker *w)
 {
     close(w->epfd);
+    if (w->pace.timer_fd != -1)
+        close(w->pace.timer_fd);
     SSL_CTX_free(w->ctx);
     free(w->conns);
     free(w->rbuf);
@@ -1094,6 +1231,11 @@ static void usage(FILE *out)
             "  --ciphers LIST    TLS 1.3 cipher suites, or the TLS 1.2 cipher list with\n"
             "                    --tls 1.2\n"
             "  --hold SECONDS    idle: how long to hold the connections once all are up\n"
+            "  --rate N          open loop: N connections (full, resume) or requests\n"
+            "                    (keepalive) fall due per second, evenly spaced, whatever\n"
+            "                    the server does; latency counts from when each fell due.\n"
+            "                    CONNS is then the most connections at once (full, resume),\n"
+            "                    or the connections the requests are spread over\n"
             "  -q                no progress lines on stderr\n"
             "  -h, --help        this help\n"
             "\n"
@@ -1105,12 +1247,14 @@ static void usage(FILE *out)
             "  mode= conns= threads= seconds= connections= requests= errors= resumed=\n"
             "  rate= p50_ms= p90_ms= p99_ms= max_ms= bytes= mbps= min_ms=\n"
             "  [tickets= (full, resume)] [established= (idle, stall)] [closed= (stall)]\n"
+            "  [offered= (--rate)]\n"
             "tickets: sessions the server sent on completed connections (TLS 1.3 tickets; a\n"
             "TLS 1.2 ticket in resume mode); full mode counts them but never keeps one.\n"
             "connections: completed connections (full, resume), else handshakes (stall: TCP\n"
             "connects); rate: connections/s (full, resume), requests/s (keepalive, bulk,\n"
             "idle), connections/s (stall); latency: connect started to response read (full,\n"
-            "resume), request sent to response read (keepalive, bulk, idle), from a\n"
+            "resume), request sent to response read (keepalive, bulk, idle), with --rate\n"
+            "from when the connection or request fell due, from a\n"
             "log-bucketed histogram (< 1.6%% wide); bytes: response body bytes received\n"
             "during the run; mbps: bytes / 10^6 / seconds.\n",
             MAX_IN_FLIGHT, MAX_ERROR_REPORTS);
@@ -1155,7 +1299,16 @@ static bool parse_mode(const char *s, enum mode *out)
     return false;
 }
 
-enum { OPT_TLS = 256, OPT_BODY, OPT_PATH, OPT_SIGALGS, OPT_GROUPS, OPT_CIPHERS, OPT_HOLD };
+enum {
+    OPT_TLS = 256,
+    OPT_BODY,
+    OPT_PATH,
+    OPT_SIGALGS,
+    OPT_GROUPS,
+    OPT_CIPHERS,
+    OPT_HOLD,
+    OPT_RATE
+};
 
 static void bad_option(const char *opt, const char *value, const char *expected)
 {
@@ -1173,6 +1326,7 @@ static void parse_options(int argc, char **argv, struct options *opt)
         {"groups", required_argument, NULL, OPT_GROUPS},
         {"ciphers", required_argument, NULL, OPT_CIPHERS},
         {"hold", required_argument, NULL, OPT_HOLD},
+        {"rate", required_argument, NULL, OPT_RATE},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -1238,6 +1392,10 @@ static void parse_options(int argc, char **argv, struct options *opt)
             if (!parse_seconds(optarg, &opt->hold))
                 bad_option("--hold", optarg, "seconds, >= 0");
             break;
+        case OPT_RATE:
+            if (!parse_seconds(optarg, &opt->rate) || opt->rate < 1)
+                bad_option("--rate", optarg, "a rate per second, 1..86400");
+            break;
         case 'h':
             usage(stdout);
             exit(0);
@@ -1258,6 +1416,11 @@ static void parse_options(int argc, char **argv, struct options *opt)
     }
     if (opt->hold < 0)
         opt->hold = opt->seconds;
+    if (opt->rate > 0 && opt->mode != MODE_FULL && opt->mode != MODE_RESUME &&
+        opt->mode != MODE_KEEPALIVE) {
+        warnx("--rate applies to full, resume and keepalive only");
+        exit(2);
+    }
 }
 
 /* Splits "host:port" or "[v6]:port"; host may be empty. Exits on a malformed spec. */
@@ -1488,6 +1651,8 @@ static void summary(const struct options *opt, unsigned established, struct work
         printf(" established=%u", established);
     if (opt->mode == MODE_STALL)
         printf(" closed=%llu", (unsigned long long)closed);
+    if (opt->rate > 0)
+        printf(" offered=%.1f", opt->rate);
     printf("\n");
     fflush(stdout);
 }
