@@ -105,6 +105,8 @@ void conn_close(struct conn *c, enum conn_end end, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void conn_log(const struct conn *c, enum log_level level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* Serve the endpoints whose readiness libev reported, in epoll's order (see conn.c). */
+void conn_run_ready(struct worker *w);
 /* Watch exactly these events (EV_READ|EV_WRITE, or 0) on an endpoint's fd. */
 void conn_watch(struct conn *c, struct endpoint *ep, int events);
 const char *conn_state_name(enum conn_state state);

@@ -38,6 +38,9 @@ struct endpoint {
     bool drained;  /* the last read took all the socket had */
     bool eof;      /* a read met the end of the peer's stream: nothing can follow */
     bool out_held; /* out holds records kept back to leave with the next ones */
+    /* readiness reported and not yet served (0: not in the worker's ready list) */
+    int ready_events;
+    struct endpoint *ready_prev, *ready_next;
     /*
      * The failure behind the last IO_FAIL. The text lives in one buffer per worker, not
      * per connection: every caller acts on an IO_FAIL (closes) before any other I/O.

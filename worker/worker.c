@@ -278,6 +278,17 @@ static void worker_control_cb(struct ev_loop *loop, ev_io *io, int revents)
     }
 }
 
+/* libev's pending callbacks, then the connections they queued, until nothing is left. */
+static void worker_invoke_pending(struct ev_loop *loop)
+{
+    struct worker *w = ev_userdata(loop);
+
+    do {
+        ev_invoke_pending(loop);
+        conn_run_ready(w);
+    } while (ev_pending_count(loop) > 0);
+}
+
 static void worker_watch_master(struct worker *w)
 {
     ev_io_init(&w->control_io, worker_control_cb, w->spec->control_fd, EV_READ);
@@ -312,6 +323,8 @@ int worker_main(const struct worker_spec *spec)
     for (size_t i = 0; i < w.nfrontends; i++)
         handshake_setup_ctx(w.frontends[i].ctx);
     permit_init(&w);
+    ev_set_userdata(w.loop, &w);
+    ev_set_invoke_pending_cb(w.loop, worker_invoke_pending);
     worker_watch_signals(&w);
     spec->forget_parent(spec->forget_parent_arg);
     if (accept_start(&w) < 0) {

@@ -44,6 +44,7 @@ struct worker {
     size_t nfrontends;
     struct listener **listeners; /* per slot: NULL, or one listener per frontend */
     struct conn *conns;          /* every live connection, for drain and shutdown */
+    struct endpoint *ready;      /* endpoints with readiness to serve, first come first */
     unsigned nconns;
     unsigned nhandshakes; /* of them, in the handshake state */
     bool draining;
