@@ -9,8 +9,10 @@
 
 #include "worker/relay.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "worker/conn.h"
 #include "worker/fault.h"
@@ -269,6 +271,26 @@ static bool relay_detach(struct conn *c, struct relay_dir *d)
     return true;
 }
 
+/*
+ * Our close_notify is out: end the client's TCP stream too, as a server that closes
+ * would, while the client's own direction stays open (half-close). Its close then answers
+ * ours, so the TIME_WAIT is sluice's and not the client's: a balancer or a load tool in
+ * front that opens many connections does not run out of source ports.
+ */
+static bool relay_end_client_stream(struct conn *c)
+{
+    if (c->client.fin_sent)
+        return true;
+    c->client.fin_sent = true;
+    /* ENOTCONN: the client is gone already, so there is no one left to tell. */
+    if (shutdown(c->client.fd, SHUT_WR) < 0 && errno != ENOTCONN) {
+        endpoint_failed(&c->client, "shutdown: %s", strerror(errno));
+        relay_fail(c, &c->client);
+        return false;
+    }
+    return true;
+}
+
 static int relay_pump(struct conn *c)
 {
     int round;
@@ -297,6 +319,9 @@ static int relay_pump(struct conn *c)
         conn_close(c, END_DONE, NULL);
         return -1;
     }
+    if (c->b2c.state == DIR_SHUT && !endpoint_output_pending(&c->client) &&
+        !relay_end_client_stream(c))
+        return -1;
     if (c->b2c.state == DIR_SHUT && c->state == CONN_RELAY)
         conn_set_state(c, CONN_CLOSING);
     relay_watch(c);

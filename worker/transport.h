@@ -38,6 +38,7 @@ struct endpoint {
     bool drained;  /* the last read took all the socket had */
     bool eof;      /* a read met the end of the peer's stream: nothing can follow */
     bool out_held; /* out holds records kept back to leave with the next ones */
+    bool fin_sent; /* our side of the TCP stream is shut (after the close_notify) */
     /* readiness reported and not yet served (0: not in the worker's ready list) */
     int ready_events;
     struct endpoint *ready_prev, *ready_next;
