@@ -18,23 +18,18 @@ CONNECTIONS = 5
 CLOSE_TIMEOUT = 10
 
 
-def request_then_wait_for_fin(port, cert):
-    """GET, the answer up to close_notify, then the raw stream up to its end; returns
-    (answer, what the stream held after close_notify, seconds until its end, client
-    port)."""
-    ctx = tc.context(cert, version=ssl.TLSVersion.TLSv1_3)
-    raw = socket.create_connection(("127.0.0.1", port), timeout=CLOSE_TIMEOUT * 2)
-    s = ctx.wrap_socket(raw, server_hostname="localhost")
+def request(port, cert):
+    """A TLS 1.3 connection that has read its answer up to close_notify: (socket, answer)."""
+    s = tc.connect(port, cert, timeout=CLOSE_TIMEOUT * 2, version=ssl.TLSVersion.TLSv1_3)
     s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-    answer = b""
-    while True:
-        try:
-            chunk = s.recv(4096)
-        except ssl.SSLZeroReturnError:
-            break
-        if not chunk:
-            break
-        answer += chunk
+    answer, how = tc.read_to_close(s, st.scaled(10))
+    return s, answer if how == "close_notify" else b""
+
+
+def request_then_wait_for_fin(port, cert):
+    """The answer, then the raw stream up to its end: (answer, what the stream held after
+    close_notify, seconds until its end, client port)."""
+    s, answer = request(port, cert)
     t0 = time.monotonic()
     client_port = s.getsockname()[1]
     plain = socket.socket(fileno=s.detach())
@@ -46,24 +41,12 @@ def request_then_wait_for_fin(port, cert):
 
 
 def request_then_close(port, cert):
-    """GET, the answer up to close_notify, then close at once, as a load tool or a
-    balancer does (after a moment, so that no close crosses sluice's FIN on the wire);
-    returns (answer, client port)."""
-    ctx = tc.context(cert, version=ssl.TLSVersion.TLSv1_3)
-    with socket.create_connection(("127.0.0.1", port), timeout=st.scaled(10)) as raw:
-        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
-            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-            answer = b""
-            while True:
-                try:
-                    chunk = s.recv(4096)
-                except ssl.SSLZeroReturnError:
-                    break
-                if not chunk:
-                    break
-                answer += chunk
-            client_port = s.getsockname()[1]
-            time.sleep(0.01)
+    """The answer, then a close at once, as a load tool or a balancer does (after a moment,
+    so that no close crosses sluice's FIN on the wire): (answer, client port)."""
+    s, answer = request(port, cert)
+    client_port = s.getsockname()[1]
+    time.sleep(0.01)
+    s.close()
     return answer, client_port
 
 

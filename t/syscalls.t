@@ -10,7 +10,6 @@
 import re
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -22,20 +21,9 @@ CONNECTIONS = 20
 
 
 def one_request(port, cert):
-    ctx = tc.context(cert, version=ssl.TLSVersion.TLSv1_3)
-    with socket.create_connection(("127.0.0.1", port), timeout=st.scaled(10)) as raw:
-        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
-            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-            data = b""
-            while True:
-                try:
-                    chunk = s.recv(4096)
-                except ssl.SSLZeroReturnError:
-                    break
-                if not chunk:
-                    break
-                data += chunk
-    return data
+    with tc.connect(port, cert, timeout=st.scaled(10), version=ssl.TLSVersion.TLSv1_3) as s:
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        return tc.read_to_close(s, st.scaled(10))[0]
 
 
 def trace_worker(t, pid, path):
