@@ -9,7 +9,6 @@
 
 #include <errno.h>
 #include <stdlib.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -53,14 +52,16 @@ static void accept_back_off(struct worker *w)
  * A client is taken from the queue only with a descriptor set aside for its backend
  * socket (relayd's accept reserve). Without it, a worker short of descriptors would
  * accept clients, do their handshakes and then fail them at connect time; with it, they
- * wait in the queue until descriptors free. One reserve is kept ready while accepting:
- * made at start, after each client takes one and when a pause ends.
+ * wait in the queue until descriptors free. The reserve is the backend socket itself,
+ * made ahead and not yet connected, so it costs no call of its own: one is kept ready
+ * while accepting (made at start, after each client takes one and when a pause ends).
+ * Only a shortage of descriptors or memory stops accepting; a socket this host cannot
+ * make at all (an IPv6 backend without IPv6) fails each connection at its backend
+ * connect instead, which says why to the client's log line.
  */
-static bool accept_have_reserve(struct worker *w)
+static int frontend_backend_family(const struct frontend *fe)
 {
-    if (w->accept_reserve < 0)
-        w->accept_reserve = eventfd(0, EFD_CLOEXEC);
-    return w->accept_reserve >= 0;
+    return fe->conf->backend.sa.ss_family;
 }
 
 static void accept_drop_reserve(struct worker *w)
@@ -70,6 +71,22 @@ static void accept_drop_reserve(struct worker *w)
     w->accept_reserve = -1;
 }
 
+static bool errno_is_shortage(int err)
+{
+    return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
+}
+
+/* Whether the next client of a frontend whose backend is of this family can be taken. */
+static bool accept_have_reserve(struct worker *w, int family)
+{
+    if (w->accept_reserve >= 0 && w->accept_reserve_family == family)
+        return true;
+    accept_drop_reserve(w);
+    w->accept_reserve = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    w->accept_reserve_family = family;
+    return w->accept_reserve >= 0 || !errno_is_shortage(errno);
+}
+
 /* Returns false when this listener should not be drained further now. */
 static bool accept_one(struct listener *l)
 {
@@ -77,7 +94,9 @@ static bool accept_one(struct listener *l)
     struct sockaddr_storage ss;
     socklen_t sslen = sizeof(ss);
 
-    if (!accept_have_reserve(w)) {
+    int family = frontend_backend_family(l->fe);
+
+    if (!accept_have_reserve(w, family)) {
         accept_back_off(w); /* errno says why: EMFILE, ENFILE, ENOMEM */
         return false;
     }
@@ -118,7 +137,7 @@ static bool accept_one(struct listener *l)
     int reserve = w->accept_reserve;
     w->accept_reserve = -1;
     conn_new(w, l->fe, fd, reserve, (struct sockaddr *)&ss, sslen);
-    if (!accept_have_reserve(w)) {
+    if (!accept_have_reserve(w, family)) {
         accept_back_off(w);
         return false;
     }
@@ -153,7 +172,7 @@ static void accept_backoff_cb(struct ev_loop *loop, ev_timer *timer, int revents
     (void)loop;
     (void)revents;
     w->accept_backoff = false;
-    if (!accept_have_reserve(w)) {
+    if (!accept_have_reserve(w, frontend_backend_family(&w->frontends[0]))) {
         accept_back_off(w);
         return;
     }
@@ -206,7 +225,7 @@ int accept_start(struct worker *w)
     if (accept_add_slot(w, w->spec->slot) < 0)
         return -1;
     /* Not fatal: the first accept tries again, and pauses and says why if it must. */
-    (void)accept_have_reserve(w);
+    (void)accept_have_reserve(w, frontend_backend_family(&w->frontends[0]));
     accept_update(w);
     return 0;
 }

@@ -28,14 +28,12 @@ int backend_connect(struct conn *c)
     int family = addr->sa.ss_family;
 
     conn_set_state(c, CONN_CONNECTING);
-    /* The descriptor set aside at accept makes room: socket(2) cannot say EMFILE now. */
-    if (c->backend.fd >= 0 && close(c->backend.fd) < 0)
-        conn_log(c, LOG_LEVEL_DEBUG, "close the descriptor reserve: %s", strerror(errno));
-    c->backend.fd = -1;
-    int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0)
+    /* Made at accept as the descriptor reserve, unless this host could not make one. */
+    if (c->backend.fd < 0)
+        c->backend.fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (c->backend.fd < 0)
         return backend_fail(c, errno);
-    c->backend.fd = fd;
+    int fd = c->backend.fd;
     c->backend.ops = &transport_plain;
     if (family != AF_UNIX) {
         int on = 1;

@@ -456,7 +456,8 @@ void conn_new(struct worker *w, struct frontend *fe, int fd, int backend_reserve
     if (c == NULL) {
         log_error("out of memory for a new connection on %s", fe->conf->listen_text);
         close(fd);
-        close(backend_reserve);
+        if (backend_reserve >= 0)
+            close(backend_reserve);
         return;
     }
     c->worker = w;
@@ -467,7 +468,7 @@ void conn_new(struct worker *w, struct frontend *fe, int fd, int backend_reserve
     conn_init_endpoint(c, &c->client, "client");
     conn_init_endpoint(c, &c->backend, "backend");
     c->client.fd = fd;
-    c->backend.fd = backend_reserve; /* closed by backend_connect or conn_close */
+    c->backend.fd = backend_reserve; /* its backend socket, not yet connected, or -1 */
     ev_init(&c->timer, conn_timer_cb);
     c->timer.data = c;
     worker_conn_added(w, c);

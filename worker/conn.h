@@ -84,8 +84,9 @@ struct conn {
 
 /*
  * Take over an accepted client socket and start its handshake (or its PROXY header).
- * backend_reserve is a descriptor set aside for the backend socket: it holds the
- * backend endpoint's place until the connect closes it to make room.
+ * backend_reserve is its backend socket, made at accept so that a worker short of
+ * descriptors leaves clients queued rather than failing them after their handshakes
+ * (-1 when this host cannot make such a socket: the connect then says why).
  */
 void conn_new(struct worker *w, struct frontend *fe, int fd, int backend_reserve,
               const struct sockaddr *sa, socklen_t salen);

@@ -59,7 +59,8 @@ struct worker {
     ev_timer accept_backoff_timer;
     ev_tstamp accept_error_logged;
     unsigned long accept_errors_unlogged;
-    int accept_reserve; /* the descriptor the next client's backend socket will take, or -1 */
+    int accept_reserve;        /* the next client's backend socket, not yet connected, or -1 */
+    int accept_reserve_family; /* the address family it was made for */
     /* handshakes waiting for a permit, oldest first */
     struct conn *parked_head, *parked_tail;
     ev_timer permit_retry_timer;
