@@ -8,7 +8,10 @@
 #   connect: the reserve is now the backend socket itself, made early;
 # - shutdown(2) of a backend socket that close(2) ends a moment later anyway (a client
 #   socket does get one, after close_notify: t/close-order.t);
-# - a read for unread input on a client whose end of stream was already read.
+# - a read for unread input on a client whose end of stream was already read;
+# - a read of a client socket that the read before had emptied, with no readiness since:
+#   OpenSSL asks for the next record right after the ClientHello, before the server's
+#   flight has even left, and recv(2) could only say EAGAIN.
 import re
 import shutil
 import signal
@@ -65,6 +68,21 @@ def backend_shutdowns(calls):
     return n
 
 
+def empty_client_reads(calls):
+    """Reads of client sockets (descriptors from accept4, until a socket call reuses the
+    number for a backend) that said EAGAIN."""
+    clients, n = set(), 0
+    for ln in calls:
+        m = re.match(r"(accept4|socket|eventfd2)\(.*\) = (\d+)$", ln)
+        if m:
+            (clients.add if m.group(1) == "accept4" else clients.discard)(int(m.group(2)))
+            continue
+        m = re.match(r"recvfrom\((\d+),.*\)\s+= -1 EAGAIN", ln)
+        if m and int(m.group(1)) in clients:
+            n += 1
+    return n
+
+
 def main(t):
     if shutil.which("strace") is None:
         t.skip_all("strace is not installed")
@@ -105,6 +123,9 @@ def main(t):
     shutdowns = backend_shutdowns(calls)
     t.ok(shutdowns == 0,
          "no shutdown(2) of a backend socket about to be closed: %d calls" % shutdowns)
+    empty = empty_client_reads(calls)
+    t.ok(empty == 0,
+         "no read of a client socket known to be empty: %d reads said EAGAIN" % empty)
     probes = count("recvfrom", r"MSG_DONTWAIT")
     t.ok(probes == 0,
          "no read for unread input on clients that ended their stream: %d calls" % probes)

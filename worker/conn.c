@@ -384,6 +384,8 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *io, int revents)
     struct worker *w = ep->conn->worker;
 
     (void)loop;
+    if (revents & (EV_READ | EV_ERROR))
+        ep->drained = false; /* the socket has something again: reads go to it (sockbio) */
     if (ep->ready_events == 0) {
         ep->ready_prev = NULL;
         ep->ready_next = w->ready;

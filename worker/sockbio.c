@@ -128,6 +128,16 @@ static int sockbio_read(BIO *bio, char *buf, size_t len, size_t *readbytes)
     ssize_t n;
 
     BIO_clear_retry_flags(bio);
+    /*
+     * The last read emptied the socket and no readiness came since: recv(2) could only say
+     * EAGAIN. OpenSSL asks anyway whenever it wants the next record, say right after the
+     * ClientHello, whose answer the client is still waiting for. The wait for EV_READ that
+     * follows sees any bytes that did come in between, since readiness is level-triggered.
+     */
+    if (ep->drained) {
+        BIO_set_retry_read(bio);
+        return 0;
+    }
     do
         n = recv(ep->fd, buf, len, 0);
     while (n < 0 && errno == EINTR);

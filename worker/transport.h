@@ -35,7 +35,7 @@ struct endpoint {
     unsigned long long wire_bytes; /* bytes through the fd, both ways */
     char *out;                     /* TLS records written but not yet sent (sockbio) */
     size_t out_len, out_cap;
-    bool drained;  /* the last read took all the socket had */
+    bool drained;  /* the last read took all the socket had, and no EV_READ came since */
     bool eof;      /* a read met the end of the peer's stream: nothing can follow */
     bool out_held; /* out holds records kept back to leave with the next ones */
     bool fin_sent; /* our side of the TCP stream is shut (after the close_notify) */
