@@ -11,7 +11,9 @@
 # - a read for unread input on a client whose end of stream was already read;
 # - a read of a client socket that the read before had emptied, with no readiness since:
 #   OpenSSL asks for the next record right after the ClientHello, before the server's
-#   flight has even left, and recv(2) could only say EAGAIN.
+#   flight has even left, and recv(2) could only say EAGAIN;
+# - getpid(2), nine times per handshake: OpenSSL's fork check on every draw of random
+#   bytes (lib/getpid.c answers from memory; t/fork-random.t checks the forks).
 import re
 import shutil
 import signal
@@ -34,7 +36,7 @@ def one_request(port, cert):
 def trace_worker(t, pid, path):
     """strace attached to pid, writing path; returns once it traces."""
     tracer = st.spawn(["strace", "-p", str(pid), "-o", path,
-                       "-e", "trace=accept4,socket,eventfd2,shutdown,recvfrom,close"],
+                       "-e", "trace=accept4,socket,eventfd2,shutdown,recvfrom,close,getpid"],
                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + st.scaled(10)
     while time.monotonic() < deadline:
@@ -126,6 +128,8 @@ def main(t):
     empty = empty_client_reads(calls)
     t.ok(empty == 0,
          "no read of a client socket known to be empty: %d reads said EAGAIN" % empty)
+    asked = count("getpid")
+    t.ok(asked == 0, "no getpid(2) for %d connections: %d calls" % (CONNECTIONS, asked))
     probes = count("recvfrom", r"MSG_DONTWAIT")
     t.ok(probes == 0,
          "no read for unread input on clients that ended their stream: %d calls" % probes)
