@@ -202,9 +202,13 @@ static SSL_CTX *tlsctx_new(const struct conf_frontend *fe, char *err, size_t err
     SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
                                  SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_IGNORE_UNEXPECTED_EOF |
                                  (fe->tls.session_tickets ? 0 : SSL_OP_NO_TICKET));
-    /* Partial writes and a moving buffer let the relay retry from its own buffer. */
+    /*
+     * Partial writes and a moving buffer let the relay retry from its own buffer. The
+     * client gets the cert file's chain as it is: left to complete it, OpenSSL would run
+     * a chain build on every handshake, from client-ca's trust store of all places.
+     */
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
-                              SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+                              SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_NO_AUTO_CHAIN);
     /*
      * Resumption is by ticket only: a cache in each worker would miss on every other
      * worker, and it would hold every TLS 1.2 client's session (up to 20,480 each) and

@@ -2,7 +2,8 @@
 # TLS options of a frontend, seen from real clients (openssl s_client): ALPN selection
 # (and no ALPN when nothing matches), protocols pinned to TLS 1.3 or TLS 1.2,
 # session-tickets off (no TLS 1.3 ticket at all) and on (a ticket resumes), client
-# certificates with verify-client "require" and "optional", and a cipher string that
+# certificates with verify-client "require" and "optional", the certificate chain sent
+# as the cert file has it (never completed from client-ca), and a cipher string that
 # selects nothing refused by `sluice -t` at its FILE:LINE.
 import os
 import re
@@ -52,6 +53,25 @@ def make_client_pki(t):
     return ca, cert, key, scert, skey
 
 
+def make_server_leaf(t, ca):
+    """A localhost server certificate issued by the client CA: (leaf-only file, key)."""
+    key, csr, leaf = t.path("issued.key"), t.path("issued.csr"), t.path("issued.pem")
+    openssl(t, "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", key, "-out", csr, "-subj", "/CN=localhost")
+    ext = t.write_file("issued.ext", "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
+                       "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
+    openssl(t, "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", t.path("client-ca.key"),
+            "-CAcreateserial", "-days", "30", "-extfile", ext, "-out", leaf)
+    for p in (leaf, key):
+        os.chmod(p, 0o644)
+    return leaf, key
+
+
+def chain_sent(out):
+    """The subjects of the certificates the server sent, from s_client -showcerts."""
+    return re.findall(r"^ *\d+ s:(.*)$", out, re.M)
+
+
 def requests_seen(be):
     return len(be.events("request"))
 
@@ -60,7 +80,11 @@ def main(t):
     cert, key = t.make_cert()
     be = t.start_backend("app", "unix")
     ca, ccert, ckey, scert, skey = make_client_pki(t)
-    p_alpn, p_13, p_12, p_noticket, p_ticket, p_require, p_optional = st.free_ports(7)
+    issued, issued_key = make_server_leaf(t, ca)
+    issued_chain = t.write_file("issued-chain.pem", open(issued).read() + open(ca).read(),
+                                mode=0o644)
+    (p_alpn, p_13, p_12, p_noticket, p_ticket, p_require, p_optional, p_leaf,
+     p_chain) = st.free_ports(9)
 
     def fe(port, **kw):
         return t.frontend(port, be.address, cert, key, **kw)
@@ -73,6 +97,10 @@ def main(t):
         fe(p_ticket, tls={"session-tickets": True}),
         fe(p_require, **{"client-ca": ca, "verify-client": "require"}),
         fe(p_optional, **{"client-ca": ca, "verify-client": "optional"}),
+        t.frontend(p_leaf, be.address, issued, issued_key,
+                   **{"client-ca": ca, "verify-client": "optional"}),
+        t.frontend(p_chain, be.address, issued_chain, issued_key,
+                   **{"client-ca": ca, "verify-client": "optional"}),
     ], workers=2)
     sl = t.start_sluice(conf)
 
@@ -153,6 +181,19 @@ def main(t):
          "verify-client = optional: a client without a certificate gets through")
     rc, out, err = s_client(t, p_optional, cert, ["-cert", ccert, "-key", ckey])
     t.ok(rc == 0 and HELLO in out, "... and so does one with a certificate from client-ca")
+
+    # --- the certificate chain: the cert file's, as it is -------------------------------
+    # The issuing CA is in client-ca's trust store. OpenSSL left to itself would complete
+    # a leaf-only chain from there and send the CA too.
+    rc, out, err = s_client(t, p_leaf, ca, ["-showcerts"])
+    sent = chain_sent(out)
+    t.ok(rc == 0 and HELLO in out and sent == ["CN = localhost"],
+         "a cert file with the leaf alone: the leaf alone is sent, the issuer in client-ca "
+         "is not added (sent %r)" % sent)
+    rc, out, err = s_client(t, p_chain, ca, ["-showcerts"])
+    sent = chain_sent(out)
+    t.ok(rc == 0 and HELLO in out and sent == ["CN = localhost", "CN = test client CA"],
+         "a cert file with leaf and CA: both are sent, in the file's order (sent %r)" % sent)
 
     # --- a cipher string that selects nothing ---------------------------------------
     bad = t.write_config([fe(st.free_port(), tls={"ciphers": "NOPE"})], name="bad-ciphers.conf")
