@@ -137,7 +137,8 @@ struct conn {
     bool resumed;
     unsigned tickets;  /* sessions the server sent on this connection (full, resume) */
     uint64_t t_start;  /* connect started; --rate: the connection fell due */
-    uint64_t t_next;   /* keepalive --rate: when the next request falls due; 0: not up yet */
+    uint64_t t_next;   /* keepalive --rate: when the next request falls due; 0: not up yet,
+                        * PACE_UNSCHEDULED: up, waiting for the thread's others */
     uint64_t t_req;    /* request started (--rate: fell due); stall: connected */
     uint64_t t_due;    /* end of the backoff */
     SSL_SESSION *sess; /* resume: the newest session this slot obtained */
@@ -167,8 +168,11 @@ struct pacing {
     int timer_fd; /* wakes the loop when the next arrival falls due; -1 without --rate */
     uint64_t t0;
     double gap_ns;
-    uint64_t next; /* full, resume: the next connection to start */
+    uint64_t next;   /* full, resume: the next connection to start */
+    unsigned not_up; /* keepalive: connections not yet up for the first time */
 };
+
+#define PACE_UNSCHEDULED UINT64_MAX
 
 struct worker {
     struct shared *sh;
@@ -548,6 +552,21 @@ static uint64_t pace_due(const struct worker *w, uint64_t k)
     return w->pace.t0 + (uint64_t)((double)k * w->pace.gap_ns);
 }
 
+/*
+ * keepalive --rate: the schedule starts once all of the thread's connections are up, each
+ * connection's first request one gap after the previous one's. Started any earlier, the
+ * first requests would fall due while the server still does the other connections'
+ * handshakes, and the set-up would count as latency at the offered rate.
+ */
+static void pace_connection_up(struct worker *w, struct conn *c, uint64_t now)
+{
+    c->t_next = PACE_UNSCHEDULED;
+    if (--w->pace.not_up > 0)
+        return;
+    for (unsigned i = 0; i < w->nconns; i++)
+        w->conns[i].t_next = now + (uint64_t)((double)i * w->pace.gap_ns);
+}
+
 static void request_start(struct conn *c)
 {
     struct worker *w = c->w;
@@ -556,9 +575,8 @@ static void request_start(struct conn *c)
     memset(&c->rsp, 0, offsetof(struct response, head));
     c->t_req = now;
     if (paced(w) && conn_mode(c) == MODE_KEEPALIVE) {
-        /* The schedule of a connection starts once it is up: handshakes are not requests. */
         if (c->t_next == 0)
-            c->t_next = now + (uint64_t)((double)(c - w->conns) * w->pace.gap_ns);
+            pace_connection_up(w, c, now);
         if (c->t_next > now) {
             c->st = ST_PACED; /* send_due starts it; the timer wakes the loop for it */
             conn_want(c, 0);
@@ -990,7 +1008,8 @@ static uint64_t pace_next_wake(const struct worker *w)
     if (w->sh->opt->mode == MODE_KEEPALIVE) {
         for (unsigned i = 0; i < w->nconns; i++) {
             const struct conn *c = &w->conns[i];
-            if (c->st == ST_PACED && (next == 0 || c->t_next < next))
+            if (c->st == ST_PACED && c->t_next != PACE_UNSCHEDULED &&
+                (next == 0 || c->t_next < next))
                 next = c->t_next;
         }
         return next;
@@ -1161,6 +1180,7 @@ static void worker_init(struct worker *w, struct shared *sh, unsigned nconns,
     if (sh->opt->rate > 0) {
         struct epoll_event tev = {.events = EPOLLIN, .data.ptr = &pace_tag};
         w->pace.gap_ns = (double)NS * sh->opt->threads / sh->opt->rate;
+        w->pace.not_up = w->nconns;
         w->pace.timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
         if (w->pace.timer_fd == -1 ||
             epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->pace.timer_fd, &tev) == -1) {
@@ -1236,6 +1256,7 @@ static void usage(FILE *out)
             "                    the server does; latency counts from when each fell due.\n"
             "                    CONNS is then the most connections at once (full, resume),\n"
             "                    or the connections the requests are spread over\n"
+            "                    (keepalive: the schedule starts once all are up)\n"
             "  -q                no progress lines on stderr\n"
             "  -h, --help        this help\n"
             "\n"
