@@ -13,7 +13,10 @@
 #   OpenSSL asks for the next record right after the ClientHello, before the server's
 #   flight has even left, and recv(2) could only say EAGAIN;
 # - getpid(2), nine times per handshake: OpenSSL's fork check on every draw of random
-#   bytes (lib/getpid.c answers from memory; t/fork-random.t checks the forks).
+#   bytes (lib/getpid.c answers from memory; t/fork-random.t checks the forks);
+# - a read of a backend socket that a short read had just emptied, on every answer of a
+#   backend that keeps its connection open: it is made once, to catch the EOF of a backend
+#   that answers and closes, and no more once it has found the socket empty.
 import re
 import shutil
 import signal
@@ -25,6 +28,7 @@ import sluicetest as st
 import tlsclient as tc
 
 CONNECTIONS = 20
+EXCHANGES = 30  # request and answer on one connection to a backend that stays open
 
 
 def one_request(port, cert):
@@ -33,10 +37,30 @@ def one_request(port, cert):
         return tc.read_to_close(s, st.scaled(10))[0]
 
 
+def echo_exchanges(port, cert, n):
+    """One TLS connection to the test backend's ECHO: n messages, each echoed before the
+    next goes. Returns how many came back whole."""
+    whole = 0
+    with tc.connect(port, cert, timeout=st.scaled(10), version=ssl.TLSVersion.TLSv1_3) as s:
+        s.sendall(b"ECHO\n")
+        for i in range(n):
+            msg = b"message %d\n" % i
+            s.sendall(msg)
+            got = b""
+            while len(got) < len(msg):
+                chunk = s.recv(len(msg) - len(got))
+                if not chunk:
+                    return whole
+                got += chunk
+            whole += got == msg
+    return whole
+
+
 def trace_worker(t, pid, path):
     """strace attached to pid, writing path; returns once it traces."""
     tracer = st.spawn(["strace", "-p", str(pid), "-o", path,
-                       "-e", "trace=accept4,socket,eventfd2,shutdown,recvfrom,close,getpid"],
+                       "-e", "trace=accept4,socket,eventfd2,connect,shutdown,recvfrom,close,"
+                       "getpid"],
                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + st.scaled(10)
     while time.monotonic() < deadline:
@@ -49,6 +73,16 @@ def trace_worker(t, pid, path):
         time.sleep(0.05)
     t.diag("strace did not attach to %d" % pid)
     return tracer
+
+
+def stop_trace(tracer, path):
+    """Stops the strace; returns the calls it saw."""
+    # The worker closes each connection once the client's FIN is in: let the last one go.
+    time.sleep(st.scaled(0.5))
+    tracer.send_signal(signal.SIGINT)
+    tracer.wait(timeout=st.scaled(10))
+    with open(path) as f:
+        return [ln for ln in f.read().splitlines() if re.match(r"\w+\(", ln)]
 
 
 def backend_shutdowns(calls):
@@ -85,6 +119,25 @@ def empty_client_reads(calls):
     return n
 
 
+def backend_reads(calls):
+    """Per backend connection (connect(2) to a Unix socket, to its close), in order:
+    [reads that moved bytes, reads that said EAGAIN]."""
+    open_, done = {}, []
+    for ln in calls:
+        m = re.match(r"connect\((\d+), \{sa_family=AF_UNIX", ln)
+        if m:
+            open_[int(m.group(1))] = [0, 0]
+            continue
+        m = re.match(r"close\((\d+)\)", ln)
+        if m and int(m.group(1)) in open_:
+            done.append(open_.pop(int(m.group(1))))
+            continue
+        m = re.match(r"recvfrom\((\d+),.*\)\s+= (-1 EAGAIN|\d+)", ln)
+        if m and int(m.group(1)) in open_:
+            open_[int(m.group(1))][m.group(2).startswith("-1")] += 1
+    return done + list(open_.values())
+
+
 def main(t):
     if shutil.which("strace") is None:
         t.skip_all("strace is not installed")
@@ -102,12 +155,7 @@ def main(t):
     answers = [one_request(port, cert) for _ in range(CONNECTIONS)]
     t.ok(all(b"hello from app" in a for a in answers),
          "%d sequential TLS 1.3 requests got their answers" % CONNECTIONS)
-    # The worker closes each connection once the client's FIN is in: let the last one go.
-    time.sleep(st.scaled(0.5))
-    tracer.send_signal(signal.SIGINT)
-    tracer.wait(timeout=st.scaled(10))
-    with open(path) as f:
-        calls = [ln for ln in f.read().splitlines() if re.match(r"\w+\(", ln)]
+    calls = stop_trace(tracer, path)
 
     def count(name, pattern=""):
         return sum(1 for ln in calls if ln.startswith(name + "(") and re.search(pattern, ln))
@@ -133,6 +181,15 @@ def main(t):
     probes = count("recvfrom", r"MSG_DONTWAIT")
     t.ok(probes == 0,
          "no read for unread input on clients that ended their stream: %d calls" % probes)
+
+    path = t.path("worker-echo.strace")
+    tracer = trace_worker(t, worker, path)
+    echoed = echo_exchanges(port, cert, EXCHANGES)
+    t.ok(echoed == EXCHANGES, "%d of %d messages echoed on one connection" % (echoed, EXCHANGES))
+    busiest = max(backend_reads(stop_trace(tracer, path)), default=[0, 0])
+    t.ok(busiest[0] >= EXCHANGES and busiest[1] <= 1,
+         "a backend that stays open between %d answers: %d reads of its socket moved bytes, "
+         "%d found it empty (at most 1)" % (EXCHANGES, busiest[0], busiest[1]))
     sl.stop_and_check()
 
 

@@ -92,13 +92,16 @@ static enum io_status plain_read(struct endpoint *ep, char *buf, size_t len, siz
         ssize_t rc = recv(ep->fd, buf, len, 0);
         if (rc > 0) {
             ep->wire_bytes += (size_t)rc;
+            ep->drained = (size_t)rc < len;
             /*
-             * Read again even after a short read: a backend that answers and closes sends
-             * its EOF right behind the answer, and catching it now lets the response and
-             * the close_notify leave in one segment.
+             * A short read emptied the socket. Read again all the same, until such a read
+             * has once found nothing: a backend that answers and closes sends its EOF
+             * right behind the answer, and catching it now lets the response and the
+             * close_notify leave in one segment. A backend that stays open between
+             * answers would make that read an EAGAIN on every answer.
              */
             *n = (size_t)rc;
-            *want = 0;
+            *want = ep->drained && ep->pauses_open ? EV_READ : 0;
             return IO_DONE;
         }
         if (rc == 0) {
@@ -108,6 +111,7 @@ static enum io_status plain_read(struct endpoint *ep, char *buf, size_t len, siz
         if (errno == EINTR)
             continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            ep->pauses_open |= ep->drained;
             *want = EV_READ;
             return IO_AGAIN;
         }

@@ -39,6 +39,9 @@ struct endpoint {
     bool eof;      /* a read met the end of the peer's stream: nothing can follow */
     bool out_held; /* out holds records kept back to leave with the next ones */
     bool fin_sent; /* our side of the TCP stream is shut (after the close_notify) */
+    /* plaintext: a read right after a short one found nothing, so the peer pauses with its
+     * stream open, and a short read means the socket is empty */
+    bool pauses_open;
     /* readiness reported and not yet served (0: not in the worker's ready list) */
     int ready_events;
     struct endpoint *ready_prev, *ready_next;
