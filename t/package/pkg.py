@@ -524,11 +524,13 @@ class PolicyRcd:
 
 # Paths that change for reasons other than this package: dpkg's and debconf's own records,
 # logs of other programs, caches rebuilt by triggers (man-db), other tests' network
-# namespaces and temporary files.
+# namespaces and temporary files, and the stamp that systemd's unit loader (here the
+# test's own `systemd-analyze verify`) leaves in /run/systemd the first time it runs.
 SNAPSHOT_ROOTS = ["/etc", "/usr", "/var", "/run", "/lib"]
 SNAPSHOT_SKIP = re.compile(r"^(/var/lib/dpkg|/var/cache/debconf|/var/cache/man|"
                            r"/var/cache/ldconfig|/var/log/(?!sluice(/|$))[^/]+|/var/tmp|"
-                           r"/run/netns|/run/user|/var/cache/apt|/var/lib/apt)(/|$)|"
+                           r"/run/netns|/run/user|/var/cache/apt|/var/lib/apt|"
+                           r"/run/systemd/systemd-units-load)(/|$)|"
                            r"/__pycache__(/|$)")
 # Account files: compared line by line (only the package's user and group may appear);
 # their backups (passwd- ...) change with every adduser.
